@@ -115,8 +115,14 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Rule-aware reward shaping, RRS (SPEC 4)."""
+    """Rule-aware reward shaping, RRS (SPEC 4); implemented by agrl/rewards.py.
 
+    R = gate * (w_label * r_label + w_step * r_step), and format_fail where the response
+    does not parse. `fn` names a reward function registered with
+    agrl.rewards.register_reward_fn; "rrs" is the built-in one.
+    """
+
+    fn: str = "rrs"
     w_label: float = 1.0
     w_step: float = 0.5
     gate: Literal["consistency", "label", "none"] = "consistency"
@@ -126,18 +132,46 @@ class RewardConfig:
     def __post_init__(self):
         _check(self.w_label >= 0, "reward.w_label", self.w_label, "must be >= 0")
         _check(self.w_step >= 0, "reward.w_step", self.w_step, "must be >= 0")
+        _check(
+            self.w_label + self.w_step > 0,
+            "reward.w_step",
+            self.w_step,
+            f"w_label + w_step must be > 0 (w_label={self.w_label}): every reward would be 0",
+        )
+        _check(
+            self.format_fail <= 0,
+            "reward.format_fail",
+            self.format_fail,
+            "must be <= 0 (an unparseable response must not out-earn a wrong one)",
+        )
+        if self.gate == "label" and self.w_step == 0:
+            warnings.warn(
+                "reward.gate='label' with w_step=0: the label gate only gates step credit "
+                "and silently does nothing",
+                stacklevel=2,
+            )
+        if self.ordinal and self.w_label == 0:
+            warnings.warn(
+                "reward.ordinal=True with w_label=0: ordinal credit silently does nothing",
+                stacklevel=2,
+            )
 
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Group advantages (SPEC 6)."""
+    """Group advantages (SPEC 6); implemented by agrl/advantages.py.
 
-    estimator: Literal["zscore", "no_std", "rloo"] = "zscore"
+    `estimator` is "zscore", "no_std" (Dr.GRPO), "rloo", or a name registered with
+    agrl.advantages.register_advantage_fn. ddof and eps are used by "zscore" only.
+    """
+
+    estimator: str = "zscore"
     ddof: int = 1
     eps: float = 1e-6
     clip: float | None = 2.0
 
     def __post_init__(self):
+        _check(bool(self.estimator), "advantage.estimator", self.estimator, "must be non-empty")
         _check(self.ddof in (0, 1), "advantage.ddof", self.ddof, "must be 0 or 1")
         _check(self.eps >= 0, "advantage.eps", self.eps, "must be >= 0")
         _check(self.clip is None or self.clip > 0, "advantage.clip", self.clip, "must be > 0")
@@ -145,7 +179,7 @@ class AdvantageConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Adaptive guided replay, AGR (SPEC 5)."""
+    """Adaptive guided replay, AGR (SPEC 5); implemented by agrl/guidance.py."""
 
     enabled: bool = True
     tau: float = 0.25  # trigger: group label accuracy <= tau
@@ -190,8 +224,13 @@ class GuidanceConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """GRPO objective, SFT and DPO (SPEC 6)."""
+    """GRPO objective, SFT and DPO (SPEC 6); implemented by agrl/loss.py.
 
+    `fn` names a policy loss registered with agrl.loss.register_loss_fn; "grpo" is the
+    built-in clipped surrogate.
+    """
+
+    fn: str = "grpo"
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: float | None = None  # c > 1: bound the loss of negative advantages by c * A
@@ -201,14 +240,16 @@ class LossConfig:
     aggregation: Literal[
         "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "constant-normalised"
     ] = "seq-mean-token-mean"
-    constant_norm: int | None = None  # divisor for constant-normalised; None: max_new_tokens
+    constant_norm: int | None = None  # divisor for constant-normalised; None: padded length T
     mu: int = 1  # updates per batch
     difficulty_filter: float | None = None  # drop groups with accuracy >= this (e.g. 0.9)
     entropy: bool = False  # compute the policy entropy for metrics
     dpo_beta: float = 0.1
 
     def __post_init__(self):
+        _check(bool(self.fn), "loss.fn", self.fn, "must be non-empty")
         _check(self.eps_low >= 0, "loss.eps_low", self.eps_low, "must be >= 0")
+        _check(self.eps_low < 1, "loss.eps_low", self.eps_low, "must be < 1 (ratio floor > 0)")
         _check(
             self.eps_high >= self.eps_low,
             "loss.eps_high",
@@ -228,6 +269,12 @@ class LossConfig:
             self.kl_clamp,
             "must be > 0 or None",
         )
+        _check(
+            self.constant_norm is None or self.constant_norm >= 1,
+            "loss.constant_norm",
+            self.constant_norm,
+            "must be >= 1 or None",
+        )
         _check(self.mu >= 1, "loss.mu", self.mu, "must be >= 1")
         _check(
             self.difficulty_filter is None or 0 < self.difficulty_filter <= 1,
@@ -242,6 +289,35 @@ class LossConfig:
                 "gradient on on-policy samples and silently does nothing",
                 stacklevel=2,
             )
+        if self.constant_norm is not None and self.aggregation != "constant-normalised":
+            warnings.warn(
+                f"loss.constant_norm={self.constant_norm} with aggregation="
+                f"{self.aggregation!r}: constant_norm silently does nothing",
+                stacklevel=2,
+            )
+
+
+# Overrides that turn the defaults (AGRL = RRS + AGR) into each method of SPEC 4 / 8.
+_METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    # outcome reward only: r_label, format-gated (format failure still scores format_fail)
+    "grpo": {"reward.w_step": 0.0, "reward.gate": "none", "guidance.enabled": False},
+    # process reward: r_label + w_step * r_step, no consistency gate
+    "grpo_pr": {"reward.w_step": 0.5, "reward.gate": "none", "guidance.enabled": False},
+    "agrl": {},
+    "rrs_only": {"guidance.enabled": False},
+    "agr_only": {"reward.w_step": 0.0, "reward.gate": "none", "guidance.enabled": True},
+}
+
+
+def method_preset(name: str) -> dict[str, Any]:
+    """`section.key -> value` overrides for a method of TrainConfig.method (SPEC 4, 8).
+
+    Apply them before the user's own overrides, e.g.
+    `apply_overrides(data, [f"{k}={v}" for k, v in method_preset(m).items()] + user)`.
+    """
+    if name not in _METHOD_PRESETS:
+        raise ConfigError(f"train.method={name!r}: must be one of {sorted(_METHOD_PRESETS)}")
+    return dict(_METHOD_PRESETS[name])
 
 
 @dataclass(frozen=True)
@@ -414,5 +490,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "method_preset",
     "replace",
 ]
