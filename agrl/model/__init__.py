@@ -1,0 +1,38 @@
+"""agrl.model: the decoder (pure functions over a params pytree), presets, HF import/export."""
+
+from agrl.model.decoder import (
+    KVCache,
+    completion_logps,
+    forward,
+    hidden_states,
+    init_cache,
+    init_params,
+    logits_from_hidden,
+    param_logical_axes,
+    param_shapes,
+    positions_from_mask,
+)
+from agrl.model.hf import CheckpointError, config_from_hf, load_pretrained, save_pretrained
+from agrl.model.presets import PRESETS, preset
+
+from_hf = config_from_hf
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "KVCache",
+    "completion_logps",
+    "config_from_hf",
+    "forward",
+    "from_hf",
+    "hidden_states",
+    "init_cache",
+    "init_params",
+    "load_pretrained",
+    "logits_from_hidden",
+    "param_logical_axes",
+    "param_shapes",
+    "positions_from_mask",
+    "preset",
+    "save_pretrained",
+]

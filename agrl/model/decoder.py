@@ -1,0 +1,335 @@
+"""One decoder for Llama, Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm), as pure functions (SPEC 9).
+
+Params are a nested dict of arrays; per-layer weights are stacked on a leading [L] axis so the
+training forward is one `lax.scan` over layers (compile time independent of depth).
+`param_logical_axes(cfg)` is a parallel pytree of logical axis names that agrl.sharding maps
+to the (data, fsdp, tensor) mesh.
+
+Shapes: B batch, S query length, C cache slots, D hidden, H query heads, K kv heads,
+Q = H / K query heads per kv head, Hd head dim, F intermediate, V vocab, L layers.
+
+Weight layout (x @ W convention, i.e. transposed w.r.t. torch Linear):
+  embed [V, D]            lm_head [D, V] (untied only)      final_norm [D]
+  layers/attn_norm [L, D] layers/wq [L, D, H, Hd]  layers/wk, wv [L, D, K, Hd]
+  layers/bq [L, H, Hd], bk, bv [L, K, Hd] (qkv_bias)      layers/q_norm, k_norm [L, Hd] (qk_norm)
+  layers/wo [L, H, Hd, D] layers/mlp_norm [L, D]  layers/w_gate, w_up [L, D, F]  w_down [L, F, D]
+
+The KV cache keeps keys and values as [B, K, C, Hd] per layer, the layout the attention
+einsum consumes, so decoding never transposes the cache; a key-validity mask [B, C] and a
+write index travel with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from agrl.config import ModelConfig
+
+Params = dict[str, Any]
+MASK_VALUE = -1e30  # finite: a query row with no valid key gives a uniform softmax, not NaN
+
+
+def _dtype(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+    """Shape of every parameter, same tree as `init_params`."""
+    L, D, H, K, Hd, F, V = (
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    )
+    layers = {
+        "attn_norm": (L, D),
+        "wq": (L, D, H, Hd),
+        "wk": (L, D, K, Hd),
+        "wv": (L, D, K, Hd),
+        "wo": (L, H, Hd, D),
+        "mlp_norm": (L, D),
+        "w_gate": (L, D, F),
+        "w_up": (L, D, F),
+        "w_down": (L, F, D),
+    }
+    if cfg.qkv_bias:
+        layers |= {"bq": (L, H, Hd), "bk": (L, K, Hd), "bv": (L, K, Hd)}
+    if cfg.qk_norm:
+        layers |= {"q_norm": (L, Hd), "k_norm": (L, Hd)}
+    shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+    """Logical axis names per parameter dimension (same tree as params); see agrl.sharding."""
+    layers = {
+        "attn_norm": ("layers", "norm"),
+        "wq": ("layers", "embed", "heads", "head_dim"),
+        "wk": ("layers", "embed", "kv_heads", "head_dim"),
+        "wv": ("layers", "embed", "kv_heads", "head_dim"),
+        "wo": ("layers", "heads", "head_dim", "embed"),
+        "mlp_norm": ("layers", "norm"),
+        "w_gate": ("layers", "embed", "mlp"),
+        "w_up": ("layers", "embed", "mlp"),
+        "w_down": ("layers", "mlp", "embed"),
+    }
+    if cfg.qkv_bias:
+        layers |= {
+            "bq": ("layers", "heads", "head_dim"),
+            "bk": ("layers", "kv_heads", "head_dim"),
+            "bv": ("layers", "kv_heads", "head_dim"),
+        }
+    if cfg.qk_norm:
+        layers |= {"q_norm": ("layers", "norm"), "k_norm": ("layers", "norm")}
+    axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
+    if not cfg.tie_embeddings:
+        axes["lm_head"] = ("embed", "vocab")
+    return axes
+
+
+def init_params(cfg: ModelConfig, key: jax.Array, init_std: float = 0.02) -> Params:
+    """Random params: N(0, init_std^2) matrices, unit norm weights, zero biases."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    paths = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(
+            shapes, is_leaf=lambda x: isinstance(x, tuple)
+        )[0]
+    ]
+    keys = jax.random.split(key, len(leaves))
+    dtype = _dtype(cfg.param_dtype)
+    out = []
+    for path, shape, k in zip(paths, leaves, keys, strict=True):
+        if "norm" in path:
+            out.append(jnp.ones(shape, dtype))
+        elif "'b" in path:
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            out.append((init_std * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """y = w * x / sqrt(mean(x^2) + eps), computed in f32 (as HF does), cast back to x.dtype."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (w.astype(jnp.float32) * y).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, HF "rotate_half" convention.  x: [B, S, n, Hd]; positions: [B, S].
+
+    inv_freq_j = theta^(-2j/Hd); angle = pos * inv_freq (duplicated over both halves);
+    y = x * cos + rotate_half(x) * sin, rotate_half([a, b]) = [-b, a].
+    """
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, Hd/2]
+    cos = jnp.cos(jnp.concatenate([ang, ang], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([ang, ang], -1))[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., : hd // 2], xf[..., hd // 2 :]
+    rot = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rot * sin).astype(x.dtype)
+
+
+class KVCache(NamedTuple):
+    """Preallocated cache.  k, v: [L, B, K, C, Hd]; mask: [B, C] bool key validity;
+    index: [] int32, the slot the next token is written to (shared by all rows: prompts are
+    left-padded, so every row writes the same slot)."""
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
+    """Empty cache of `slots` positions; bytes = 2 * L * B * K * C * Hd * itemsize."""
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
+    dt = _dtype(cfg.compute_dtype)
+    return KVCache(
+        jnp.zeros(shape, dt),
+        jnp.zeros(shape, dt),
+        jnp.zeros((batch, slots), bool),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Grouped-query attention with f32 scores.
+
+    q: [B, S, H, Hd]; k, v: [B, K, C, Hd]; allowed: [B, S, C] bool.  Returns [B, S, H, Hd].
+    softmax_c(q . k_c / sqrt(Hd), masked by allowed) weighted sum of v_c.
+    """
+    B, S, H, Hd = q.shape
+    K = k.shape[1]
+    qg = q.reshape(B, S, K, H // K, Hd)
+    s = jnp.einsum("bskqd,bkcd->bkqsc", qg, k, preferred_element_type=jnp.float32)
+    s = jnp.where(allowed[:, None, None], s * (Hd**-0.5), MASK_VALUE)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    o = jnp.einsum("bkqsc,bkcd->bskqd", p, v, preferred_element_type=jnp.float32)
+    return o.reshape(B, S, H, Hd).astype(q.dtype)
+
+
+def qkv(lp: Params, cfg: ModelConfig, h: jax.Array, positions: jax.Array):
+    """Projections, bias, q/k norm, RoPE.  h: [B, S, D] -> q [B,S,H,Hd], k, v [B,S,K,Hd]."""
+    q = jnp.einsum("bsd,dhe->bshe", h, lp["wq"])
+    k = jnp.einsum("bsd,dhe->bshe", h, lp["wk"])
+    v = jnp.einsum("bsd,dhe->bshe", h, lp["wv"])
+    if cfg.qkv_bias:
+        q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
+    if cfg.qk_norm:
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+    return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+
+
+def mlp(lp: Params, h: jax.Array) -> jax.Array:
+    """SwiGLU: (silu(h W_gate) * h W_up) W_down.  h: [B, S, D] -> [B, S, D]."""
+    g = jnp.einsum("bsd,df->bsf", h, lp["w_gate"])
+    u = jnp.einsum("bsd,df->bsf", h, lp["w_up"])
+    return jnp.einsum("bsf,fd->bsd", jax.nn.silu(g) * u, lp["w_down"])
+
+
+def block(lp, cfg, x, positions, allowed, kv_write):
+    """One pre-norm layer.  x: [B, S, D]; allowed: [B, S, C] bool.
+
+    kv_write(k [B,K,S,Hd], v) -> (k_all [B,K,C,Hd], v_all): how new keys join the keys
+    attended to (identity without a cache; an in-place slot write with one).
+    Returns (x', k_all, v_all).
+    """
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
+    q, k, v = qkv(lp, cfg, h, positions)
+    k_all, v_all = kv_write(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+    o = attention(q, k_all, v_all, allowed)
+    x = x + jnp.einsum("bshe,hed->bsd", o, lp["wo"])
+    x = x + mlp(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
+    return x, k_all, v_all
+
+
+def _cast(params: Params, cfg: ModelConfig) -> Params:
+    dt = _dtype(cfg.compute_dtype)
+    return jax.tree.map(lambda p: p.astype(dt), params)
+
+
+def hidden_states(
+    params: Params,
+    cfg: ModelConfig,
+    ids: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    cache: KVCache | None = None,
+) -> tuple[jax.Array, KVCache | None]:
+    """Final-normed hidden states [B, S, D] (and the updated cache).
+
+    ids, positions: [B, S] int32; mask: [B, S] bool, which tokens are real (keys).  Query i
+    attends key j iff key j is valid and j <= i (slot order; with a cache, slots
+    cache.index + i).  Without a cache, scan over stacked layers.
+    """
+    p = _cast(params, cfg)
+    x = p["embed"][ids]  # [B, S, D]
+    S = ids.shape[1]
+    if cache is None:
+        idx = jnp.arange(S)
+        allowed = mask[:, None, :] & (idx[None, :, None] >= idx[None, None, :])
+
+        def step(x, lp):
+            x, _, _ = block(lp, cfg, x, positions, allowed, lambda k, v: (k, v))
+            return x, None
+
+        x, _ = jax.lax.scan(step, x, p["layers"])
+        return rms_norm(x, p["final_norm"], cfg.rms_norm_eps), None
+
+    C = cache.mask.shape[1]
+    kv_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))
+    slot = jnp.arange(C)
+    q_slot = cache.index + jnp.arange(S)
+    allowed = kv_mask[:, None, :] & (slot[None, None, :] <= q_slot[None, :, None])
+
+    def step(x, layer):
+        lp, kc, vc = layer
+
+        def write(k, v):
+            at = (0, 0, cache.index, 0)
+            return (
+                jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), at),
+                jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), at),
+            )
+
+        x, kc, vc = block(lp, cfg, x, positions, allowed, write)
+        return x, (kc, vc)
+
+    x, (k_new, v_new) = jax.lax.scan(step, x, (p["layers"], cache.k, cache.v))
+    new_cache = KVCache(k_new, v_new, kv_mask, cache.index + S)
+    return rms_norm(x, p["final_norm"], cfg.rms_norm_eps), new_cache
+
+
+def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
+    """[D, V]: lm_head, or embed^T when embeddings are tied."""
+    w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+    return w.astype(_dtype(cfg.compute_dtype))
+
+
+def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
+    """h [..., D] -> logits [..., V] in f32."""
+    return jnp.einsum(
+        "...d,dv->...v", h, unembed_matrix(params, cfg), preferred_element_type=jnp.float32
+    )
+
+
+def forward(params, cfg, ids, positions, mask, cache=None):
+    """Logits [B, S, V] f32; with a cache, (logits, updated cache).  See `hidden_states`."""
+    h, new_cache = hidden_states(params, cfg, ids, positions, mask, cache)
+    logits = logits_from_hidden(params, cfg, h)
+    return logits if cache is None else (logits, new_cache)
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Positions of a left-padded [B, S] mask: cumsum(mask) - 1, clipped at 0 on the padding."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def completion_logps(
+    params: Params,
+    cfg: ModelConfig,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    completion_ids: jax.Array,
+    completion_mask: jax.Array,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+):
+    """log pi(y_t | x, y_<t) of the completion tokens.  Differentiable.
+
+    prompt_ids, prompt_mask: [N, P] left-padded; completion_ids, completion_mask: [N, T]
+    right-padded.  One forward over the [N, P+T] concatenation; the vocab projection and
+    log-softmax run only on the T positions P-1 .. P+T-2 that predict completion tokens
+    (not on the prompt: most of the vocab FLOPs of a long prompt are skipped).
+    logp_t = log_softmax(z_t / temperature)[y_t]; entropy_t = -sum_v p_v log p_v.
+    Returns logps [N, T] f32 (0 where completion_mask is False) and, if asked, entropy [N, T].
+    """
+    ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+    positions = positions_from_mask(mask)
+    h, _ = hidden_states(params, cfg, ids, positions, mask)
+    P, T = prompt_ids.shape[1], completion_ids.shape[1]
+    h = h[:, P - 1 : P + T - 1]  # [N, T, D]
+    z = logits_from_hidden(params, cfg, h) / temperature  # [N, T, V]
+    logp_all = jax.nn.log_softmax(z, axis=-1)
+    logps = jnp.take_along_axis(logp_all, completion_ids[..., None], axis=-1)[..., 0]
+    logps = jnp.where(completion_mask, logps, 0.0)
+    if not return_entropy:
+        return logps
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return logps, jnp.where(completion_mask, ent, 0.0)
