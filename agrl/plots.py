@@ -51,7 +51,7 @@ def _draw(ax, series: Mapping[str, Series]) -> None:
         color = f"C{i}"
         if isinstance(s, list):
             steps, mean, lo, hi = seed_band(s)
-            ax.plot(steps, mean, color=color, label=f"{label} (n={len(s)})")
+            ax.plot(steps, mean, color=color, label=f"{label} ({len(s)} seeds)")
             ax.fill_between(steps, lo, hi, color=color, alpha=0.2, linewidth=0)
         else:
             ax.plot(np.asarray(s[0]), np.asarray(s[1], float), color=color, label=label)
