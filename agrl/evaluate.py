@@ -81,21 +81,26 @@ def confusion_matrix(pred_label, gold_label) -> np.ndarray:
     return cm
 
 
-def step_scores(pred_verdicts, gold_verdicts) -> np.ndarray:
-    """Per-response step score [N]: mean over applicable gold dims of 1[pred == gold].
+def step_scores(pred_verdicts, gold_verdicts, *, applies_only: bool = False) -> np.ndarray:
+    """Per-response step score [N]: mean over applicable dims of 1[pred == gold].
 
-    A dim is applicable when its gold code is > NA (n/a and missing gold are skipped; a
-    predicted MISSING (-1) never equals a gold code, so it is wrong). Rows with no
-    applicable dim get NaN.
+    applies_only=False (r_step of SPEC 4, as in agrl.rewards): a dim is applicable when its
+    gold verdict is known (code >= NA), so a correct "n/a" counts as a hit.
+    applies_only=True: only dims whose rule applies (gold code > NA) count.
+    A predicted MISSING (-1) never equals a gold code, so it is wrong. Rows with no
+    applicable dim get NaN (the reward falls back to the label there; evaluation skips).
     """
     pv, gv = np.asarray(pred_verdicts), np.asarray(gold_verdicts)
     if pv.shape != gv.shape or pv.ndim != 2:
         raise ValueError(f"verdicts: expected two equal [N, R] arrays, got {pv.shape}, {gv.shape}")
-    applicable = gv > NA
+    applicable = gv > NA if applies_only else gv >= NA
     hits = ((pv == gv) & applicable).sum(axis=1)
     count = applicable.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+    return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    return float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
 
 
 def rule_adherent(pred_label, pred_verdicts) -> np.ndarray:
@@ -125,8 +130,8 @@ def classification_metrics(
       n, n_unparseable, parse_rate, accuracy, precision_c / recall_c / f1_c / support_c for
       c in 1..4, macro_f1, good_precision / good_recall / good_f1, ordinal_mae, confusion
       ([4][5] list), and when the inputs are given: rule_adherence (pred_verdicts),
-      step_accuracy (both verdicts), format_ok_rate (format_ok), accuracy_by_type and
-      count_by_type (query_type).
+      step_accuracy and step_accuracy_applies (both verdicts), format_ok_rate (format_ok),
+      accuracy_by_type and count_by_type (query_type).
     """
     pred = _labels(pred_label, "pred_label", 0)
     n = len(pred)
@@ -160,7 +165,10 @@ def classification_metrics(
         scores = step_scores(pred_verdicts, gold_verdicts)
         if len(scores) != n:
             raise ValueError(f"verdicts: expected {n} rows, got {len(scores)}")
-        out["step_accuracy"] = float(np.nanmean(scores)) if np.isfinite(scores).any() else math.nan
+        out["step_accuracy"] = _nanmean(scores)
+        out["step_accuracy_applies"] = _nanmean(
+            step_scores(pred_verdicts, gold_verdicts, applies_only=True)
+        )
     if format_ok is not None:
         ok = np.asarray(format_ok, dtype=bool)
         if ok.shape != (n,):

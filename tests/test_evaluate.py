@@ -77,10 +77,10 @@ def test_rule_adherence_and_step_accuracy_hand_case():
     )
     gold_v = np.array(
         [
-            v(MATCH, NA, MISMATCH, NA, NA, MATCH),  # applicable: cat, neg, attr; hits 2 -> 2/3
-            v(MATCH, MATCH, NA, NA, NA, NA),  # applicable: cat, brand; hits 0 -> 0
-            v(MATCH, NA, NA, NA, NA, NA),  # applicable: cat; MISSING is wrong -> 0
-            v(MATCH, PARTIAL, NA, NA, NA, NA),  # applicable: cat, brand; hits 2 -> 1
+            v(MATCH, NA, MISMATCH, NA, NA, MATCH),
+            v(MATCH, MATCH, NA, NA, NA, NA),
+            v(MATCH, NA, NA, NA, NA, NA),
+            v(MATCH, PARTIAL, NA, NA, NA, NA),
         ]
     )
     m = classification_metrics(
@@ -91,7 +91,14 @@ def test_rule_adherence_and_step_accuracy_hand_case():
         format_ok=[True, True, False, True],
     )
     assert m["rule_adherence"] == pytest.approx(2 / 4)
-    assert m["step_accuracy"] == pytest.approx((2 / 3 + 0 + 0 + 1) / 4)  # 5/12
+    # step_accuracy: all 6 gold verdicts are known, so all dims count (r_step of SPEC 4)
+    #   row 0: only attributes differs -> 5/6; row 1: category and brand differ -> 4/6
+    #   row 2: every verdict missing -> 0; row 3: all equal -> 1      mean = 15/24
+    assert m["step_accuracy"] == pytest.approx((5 / 6 + 4 / 6 + 0 + 1) / 4)
+    # step_accuracy_applies: only dims whose gold is not n/a
+    #   row 0: cat, neg, attr -> 2/3; row 1: cat, brand -> 0; row 2: cat -> 0;
+    #   row 3: cat, brand -> 1                                         mean = 5/12
+    assert m["step_accuracy_applies"] == pytest.approx((2 / 3 + 0 + 0 + 1) / 4)
     assert m["format_ok_rate"] == pytest.approx(3 / 4)
 
 
@@ -162,7 +169,7 @@ def test_perfect_predictions_score_one(gold, seed):
     present = [c for c in (1, 2, 3, 4) if (gold_lbl == c).any()]
     for c in present:
         assert m[f"f1_{c}"] == 1.0
-    for key in ("accuracy", "rule_adherence", "step_accuracy", "parse_rate"):
+    for key in ("accuracy", "rule_adherence", "step_accuracy", "step_accuracy_applies"):
         assert m[key] == 1.0
     assert m["ordinal_mae"] == 0.0
     g = np.array(gold)
@@ -281,3 +288,24 @@ def test_plots_write_pngs(tmp_path):
     )
     for p in (p1, p2, p3):
         assert _is_png(p), p
+
+
+def test_step_accuracy_and_adherence_equal_the_reward_components():
+    """Evaluation and training measure the same thing: mean r_step and mean r_cons."""
+    import jax.numpy as jnp
+
+    from agrl.rewards import consistency_reward, step_reward
+
+    rng = np.random.default_rng(7)
+    n = 64
+    pred_v = rng.integers(-1, 5, size=(n, R))
+    gold_v = rng.integers(0, 5, size=(n, R))
+    pred = rng.integers(0, 5, size=n)
+    gold = rng.integers(1, 5, size=n)
+    m = classification_metrics(pred, gold, pred_verdicts=pred_v, gold_verdicts=gold_v)
+    r_step = step_reward(
+        jnp.asarray(pred_v), jnp.asarray(gold_v), jnp.asarray(gold), jnp.ones(n, bool)
+    )
+    r_cons = consistency_reward(jnp.asarray(pred), jnp.asarray(pred_v))
+    assert m["step_accuracy"] == pytest.approx(float(np.mean(r_step)), rel=1e-6)
+    assert m["rule_adherence"] == pytest.approx(float(np.mean(r_cons)), rel=1e-6)
