@@ -1,0 +1,88 @@
+"""Word-level tokenizer of the relevance world, and label/eos ids for any HF tokenizer.
+
+`build_tokenizer` makes a `tokenizers` WordLevel model over whitespace-split words (every
+world text is single-space-separated, markers included, so decode(encode(x)) == x) and
+saves it as a standard Hugging Face tokenizer directory that
+`transformers.AutoTokenizer.from_pretrained(dir)` loads offline. `label_token_ids` and
+`eos_ids` work the same for a Qwen/Llama tokenizer directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS: tuple[str, ...] = (PAD, BOS, EOS, UNK)  # ids 0..3
+LABEL_WORDS: tuple[str, ...] = ("1", "2", "3", "4")
+# End-of-turn tokens of common chat tokenizers, also treated as end of sequence.
+_EXTRA_EOS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
+
+
+def build_tokenizer(texts_or_vocab: Iterable[str], out_dir: str | Path) -> PreTrainedTokenizerFast:
+    """Build and save a word-level tokenizer over the whitespace-split words of the texts.
+
+    Ids: specials 0..3 (pad, bos, eos, unk), labels "1".."4" at 4..7, then the other
+    words in sorted order, so the same texts always give the same ids.
+    """
+    words = {w for text in texts_or_vocab for w in str(text).split()}
+    words -= set(SPECIALS) | set(LABEL_WORDS)
+    vocab_list = [*SPECIALS, *LABEL_WORDS, *sorted(words)]
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+        padding_side="left",
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    return load_tokenizer(out)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load any local Hugging Face tokenizer directory, offline."""
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def label_token_ids(tok: PreTrainedTokenizerBase) -> np.ndarray:
+    """Ids [4] int32 of labels 1..4 as the first response token.
+
+    The label is the first word of a label-first response, so it is encoded at the start
+    of a text; a tokenizer where "1" is not one token there (but is in the vocabulary, as
+    in SentencePiece with a prefix space) falls back to the bare vocabulary entry.
+    """
+    ids = []
+    for word in LABEL_WORDS:
+        enc = tok.encode(word, add_special_tokens=False)
+        if len(enc) != 1:
+            single = tok.convert_tokens_to_ids(word)
+            if single is None or single == tok.unk_token_id:
+                raise ValueError(
+                    f"label {word!r} is not a single token for this tokenizer (got {enc})"
+                )
+            enc = [single]
+        ids.append(enc[0])
+    if len(set(ids)) != 4:
+        raise ValueError(f"label token ids are not distinct: {ids}")
+    return np.asarray(ids, dtype=np.int32)
+
+
+def eos_ids(tok: PreTrainedTokenizerBase) -> list[int]:
+    """Ids that end a response: eos plus the chat end-of-turn tokens the vocabulary has."""
+    ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    vocab = tok.get_vocab()
+    ids += [vocab[t] for t in _EXTRA_EOS if t in vocab]
+    if not ids:
+        raise ValueError("tokenizer has no eos token")
+    return list(dict.fromkeys(int(i) for i in ids))
