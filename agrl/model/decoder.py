@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from agrl.config import ModelConfig
+from agrl.sharding import constrain
 
 Params = dict[str, Any]
 MASK_VALUE = -1e30  # finite: a query row with no valid key gives a uniform softmax, not NaN
@@ -229,15 +230,18 @@ def hidden_states(
     positions: jax.Array,
     mask: jax.Array,
     cache: KVCache | None = None,
+    mesh=None,
 ) -> tuple[jax.Array, KVCache | None]:
     """Final-normed hidden states [B, S, D] (and the updated cache).
 
     ids, positions: [B, S] int32; mask: [B, S] bool, which tokens are real (keys).  Query i
     attends key j iff key j is valid and j <= i (slot order; with a cache, slots
-    cache.index + i).  Without a cache, scan over stacked layers.
+    cache.index + i).  Without a cache, scan over stacked layers.  With a mesh, the residual
+    stream is constrained to ("batch", "length", "act_embed") after every layer.
     """
     p = _cast(params, cfg)
-    x = p["embed"][ids]  # [B, S, D]
+    act = ("batch", "length", "act_embed")
+    x = constrain(p["embed"][ids], act, mesh)  # [B, S, D]
     S = ids.shape[1]
     if cache is None:
         idx = jnp.arange(S)
@@ -245,7 +249,7 @@ def hidden_states(
 
         def step(x, lp):
             x, _, _ = block(lp, cfg, x, positions, allowed, lambda k, v: (k, v))
-            return x, None
+            return constrain(x, act, mesh), None
 
         x, _ = jax.lax.scan(step, x, p["layers"])
         return rms_norm(x, p["final_norm"], cfg.rms_norm_eps), None
@@ -267,7 +271,7 @@ def hidden_states(
             )
 
         x, kc, vc = block(lp, cfg, x, positions, allowed, write)
-        return x, (kc, vc)
+        return constrain(x, act, mesh), (kc, vc)
 
     x, (k_new, v_new) = jax.lax.scan(step, x, (p["layers"], cache.k, cache.v))
     new_cache = KVCache(k_new, v_new, kv_mask, cache.index + S)
@@ -287,9 +291,9 @@ def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Ar
     )
 
 
-def forward(params, cfg, ids, positions, mask, cache=None):
+def forward(params, cfg, ids, positions, mask, cache=None, mesh=None):
     """Logits [B, S, V] f32; with a cache, (logits, updated cache).  See `hidden_states`."""
-    h, new_cache = hidden_states(params, cfg, ids, positions, mask, cache)
+    h, new_cache = hidden_states(params, cfg, ids, positions, mask, cache, mesh)
     logits = logits_from_hidden(params, cfg, h)
     return logits if cache is None else (logits, new_cache)
 
@@ -309,6 +313,7 @@ def completion_logps(
     *,
     temperature: float = 1.0,
     return_entropy: bool = False,
+    mesh=None,
 ):
     """log pi(y_t | x, y_<t) of the completion tokens.  Differentiable.
 
@@ -322,7 +327,7 @@ def completion_logps(
     ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
     mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
     positions = positions_from_mask(mask)
-    h, _ = hidden_states(params, cfg, ids, positions, mask)
+    h, _ = hidden_states(params, cfg, ids, positions, mask, mesh=mesh)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
     h = h[:, P - 1 : P + T - 1]  # [N, T, D]
     z = logits_from_hidden(params, cfg, h) / temperature  # [N, T, V]
