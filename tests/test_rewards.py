@@ -7,9 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agrl import rewards
 from agrl.config import ConfigError, RewardConfig, method_preset
+from agrl.format import render_response
 from agrl.world.rules import MATCH, MISMATCH, MISSING, NA, R, rule_label
 from tests import reference as ref
 
@@ -190,3 +193,55 @@ def test_mismatch_code_counts_against_step():
     pred[5] = MISMATCH
     c = _one(3, pred, True, 2, GOLD_NEG, True, RewardConfig())[1]
     assert c["r_step"] == pytest.approx(5 / 6)
+
+
+# ---------------------------------------------------------------------------------------
+# text -> parse -> reward (needs agrl.format)
+
+_SCORE = jax.jit(rewards.compute_rewards, static_argnames="cfg")
+_GOLD_V = np.array([GOLD_NEG] * 4, np.int32)
+
+
+def _score_texts(texts, order):
+    n = len(texts)
+    texts = list(texts) + [""] * (4 - n)  # one static shape [4] for all examples
+    labels, verdicts, ok = rewards.parsed_to_arrays(texts, order)
+    r, c = _SCORE(
+        labels, verdicts, ok, np.full(4, 2), _GOLD_V, np.ones(4, bool), cfg=RewardConfig()
+    )
+    return np.asarray(r)[:n], np.asarray(c)[:n]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=120), min_size=1, max_size=4),
+    order=st.sampled_from(["label_first", "think_first"]),
+)
+def test_any_string_gives_a_finite_reward(texts, order):
+    r, c = _score_texts(texts, order)
+    assert np.isfinite(r).all() and np.isfinite(c).all()
+    assert ((r >= -1.0) & (r <= 1.5)).all()  # format_fail .. w_label + w_step
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prefix=st.text(max_size=20),
+    cut=st.integers(min_value=0, max_value=200),
+    order=st.sampled_from(["label_first", "think_first"]),
+)
+def test_mangled_gold_response_gives_a_finite_reward(prefix, cut, order):
+    gold = render_response(2, GOLD_NEG, "shoes not leather", "leather boots", order)
+    r, _ = _score_texts([prefix + gold[:cut], gold[cut:]], order)
+    assert np.isfinite(r).all()
+
+
+@pytest.mark.parametrize("order", ["label_first", "think_first"])
+def test_rendered_responses_score_as_expected(order):
+    gold = render_response(2, GOLD_NEG, "shoes not leather", "leather boots", order)
+    lazy = render_response(4, [MATCH, NA, MATCH, NA, NA, MATCH], "shoes", "boots", order)
+    liar = render_response(2, [MATCH, NA, MATCH, NA, NA, MATCH], "shoes", "boots", order)
+    r, c = _score_texts([gold, lazy, liar, "no idea"], order)
+    # gold: 1 + 0.5; lazy (consistent, wrong): 0.5 * 5/6; liar (inconsistent): gated to 0;
+    # garbage: format_fail
+    np.testing.assert_allclose(r, [1.5, 0.5 * 5 / 6, 0.0, -1.0], rtol=1e-6)
+    np.testing.assert_array_equal(c[:, rewards.COMPONENTS.index("format_ok")], [1, 1, 1, 0])
