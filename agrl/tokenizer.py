@@ -65,7 +65,7 @@ def label_token_ids(tok: PreTrainedTokenizerBase) -> np.ndarray:
     ids = []
     for word in LABEL_WORDS:
         enc = tok.encode(word, add_special_tokens=False)
-        if len(enc) != 1:
+        if len(enc) != 1 or enc[0] == tok.unk_token_id:
             single = tok.convert_tokens_to_ids(word)
             if single is None or single == tok.unk_token_id:
                 raise ValueError(
