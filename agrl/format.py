@@ -118,7 +118,14 @@ def render_response(
     _check_order(order)
     if int(label) not in (1, 2, 3, 4):
         raise ValueError(f"label={label!r}: must be 1..4")
-    rationale = render_rationale(verdicts, query_summary, item_summary)
+    return assemble_response(label, render_rationale(verdicts, query_summary, item_summary), order)
+
+
+def assemble_response(label: int, rationale: str, order: Order = "label_first") -> str:
+    """A response from a label and a rationale text (e.g. a record's `rationale` field),
+    so a stored label-first world can be trained in think-first order."""
+    _check_order(order)
+    rationale = _words(rationale)
     if order == "label_first":
         return f"{int(label)} {LABEL_CLOSE} {THINK_OPEN} {rationale} {THINK_CLOSE}"
     return f"{rationale} {THINK_CLOSE} {LABEL_OPEN} {int(label)} {LABEL_CLOSE}"

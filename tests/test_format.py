@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from agrl.format import (
     LABEL_OPEN,
     THINK_OPEN,
+    assemble_response,
     parse_batch,
     parse_response,
     render_prompt,
@@ -49,6 +50,15 @@ def test_round_trip_on_every_record(records, order):
         assert render_prompt(r["query"], r["item"], order).endswith(
             LABEL_OPEN if order == "label_first" else THINK_OPEN
         )
+
+
+def test_assemble_from_stored_rationale(records):
+    for r in records:
+        assert assemble_response(r["label"], r["rationale"]) == r["gold_response"]
+        p = parse_response(
+            assemble_response(r["label"], r["rationale"], "think_first"), "think_first"
+        )
+        assert p.format_ok and p.label == r["label"]
 
 
 def test_label_first_token_is_the_label(records):
