@@ -9,7 +9,7 @@ import pytest
 
 from agrl import advantages as adv_mod
 from agrl.advantages import compute_advantages, group_advantages, group_stats
-from agrl.config import AdvantageConfig, ConfigError
+from agrl.config import AdvantageConfig, ConfigError, SamplingConfig
 from tests import reference as ref
 
 OPTIONS = list(
@@ -109,3 +109,5 @@ def test_config_guard_rails():
         AdvantageConfig(clip=0.0)
     with pytest.raises(ConfigError, match="advantage.eps"):
         AdvantageConfig(eps=-1.0)
+    with pytest.raises(ConfigError, match="sampling.group_size"):
+        SamplingConfig(group_size=1)  # a group of one has no baseline
