@@ -41,8 +41,8 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = True
     qkv_bias: bool = False  # Qwen2
-    qk_norm: bool = False  # Qwen3
-    max_position_embeddings: int = 4096
+    qk_norm: bool = True  # Qwen3 (the default arch)
+    max_position_embeddings: int = 512
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
@@ -366,6 +366,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning on the responses of a JSONL split (token cross-entropy)."""
+
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_frac: float = 0.05
+
+    def __post_init__(self):
+        _check(self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
+        _check(self.batch_size >= 1, "sft.batch_size", self.batch_size, "must be >= 1")
+        _check(self.lr > 0, "sft.lr", self.lr, "must be > 0")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """DPO on pass@N pairs mined from the SFT policy (SPEC 6)."""
+
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 2e-4
+    warmup_frac: float = 0.05
+    pass_n: int = 8  # samples per prompt when mining pairs
+    mine_prompts: int = 600  # prompts of the pool used for mining (0: all)
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        _check(self.steps >= 0, "dpo.steps", self.steps, "must be >= 0")
+        _check(self.batch_size >= 1, "dpo.batch_size", self.batch_size, "must be >= 1")
+        _check(self.lr > 0, "dpo.lr", self.lr, "must be > 0")
+        _check(self.pass_n >= 2, "dpo.pass_n", self.pass_n, "must be >= 2")
+        _check(self.mine_prompts >= 0, "dpo.mine_prompts", self.mine_prompts, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where a training command reads and writes ("" = not set; the CLI flags fill them)."""
+
+    world: str = ""  # a directory written by `agrl world` (splits + tokenizer/)
+    tokenizer: str = ""  # default: <world>/tokenizer
+    train_data: str = ""  # default: <world>/sft.jsonl (sft, dpo) or <world>/rl.jsonl (rl)
+    eval_data: str = ""  # default: <world>/b_eval.jsonl
+    init: str = ""  # model directory to start from ("" for sft: random init)
+    ref: str = ""  # reference model directory (default: init)
+    out: str = ""  # run directory
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
@@ -376,6 +424,9 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,102 @@
+"""Evaluate a policy on a labelled split (SPEC 7): greedy decoding and the label posterior.
+
+Greedy: decode every prompt with temperature 0, parse label and verdicts, and score them
+with agrl.evaluate.classification_metrics (per-class F1, Good F1, macro-F1, accuracy, rule
+adherence, step accuracy, ordinal MAE, confusion, accuracy per query type).
+Posterior (label-first order only): prefill only, softmax over the 4 label tokens at the
+first response position, scored with posterior_metrics (incl. CumPT tiers).
+Batches have a fixed size (the last one is padded by repetition), so one compile serves a
+whole split per prompt-length bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from agrl.config import Config, ModelConfig, SamplingConfig
+from agrl.data import encode_prompts, has_verdicts, pad_left, verdict_array
+from agrl.evaluate import classification_metrics, posterior_metrics
+from agrl.format import parse_batch
+from agrl.sampling import make_sampler
+from agrl.scoring import label_posterior
+from agrl.tokenizer import eos_ids, label_token_ids
+
+
+@lru_cache(maxsize=8)
+def _greedy_sampler(model_cfg: ModelConfig, sampling_cfg: SamplingConfig, eos: tuple, pad: int):
+    greedy = dataclasses.replace(sampling_cfg, temperature=0.0)
+    return make_sampler(model_cfg, greedy, eos_ids=eos, pad_id=pad, group_size=1)
+
+
+@lru_cache(maxsize=8)
+def _posterior_fn(model_cfg: ModelConfig):
+    return jax.jit(lambda p, ids, mask, labels: label_posterior(p, model_cfg, ids, mask, labels))
+
+
+def evaluate_policy(
+    params: Any,
+    cfg: Config,
+    tok,
+    records: list[dict],
+    *,
+    batch_size: int = 64,
+    beta: float = 0.5,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metrics, predictions) of greedy decoding (+ label posterior in label-first order).
+
+    metrics: classification_metrics of the greedy answers, plus `posterior` (a dict of
+    posterior_metrics) when the order is label-first.  predictions: pred_label [N],
+    pred_verdicts [N, R], format_ok [N], texts (list), probs [N, 4] (label-first only).
+    """
+    order = cfg.train.response_order
+    pad = int(tok.pad_token_id)
+    sampler = _greedy_sampler(cfg.model, cfg.sampling, tuple(eos_ids(tok)), pad)
+    prompts = encode_prompts(tok, records, order)
+    label_ids = jnp.asarray(label_token_ids(tok))
+    texts: list[str] = []
+    probs: list[np.ndarray] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="eval", disable=not progress, dynamic_ncols=True):
+        chunk = prompts[start : start + batch_size]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (batch_size - n)
+        P = sampler.bucket(max(len(c) for c in chunk))
+        ids, mask = pad_left(chunk, P, pad)
+        out = sampler(params, ids, mask, jax.random.key(0))  # greedy: the key is unused
+        toks, m = np.asarray(out.tokens)[:n], np.asarray(out.mask)[:n]
+        texts += tok.batch_decode([t[k].tolist() for t, k in zip(toks, m, strict=True)])
+        if order == "label_first":
+            p = _posterior_fn(cfg.model)(params, jnp.asarray(ids), jnp.asarray(mask), label_ids)
+            probs.append(np.asarray(p, np.float64)[:n])
+    labels, verdicts, ok = parse_batch(texts, order)
+    gold = np.asarray([r["label"] for r in records], np.int32)
+    qtypes = [r.get("query_type", "") for r in records]
+    gold_v = verdict_array(records) if has_verdicts(records) else None
+    metrics = classification_metrics(
+        labels,
+        gold,
+        query_type=qtypes if any(qtypes) else None,
+        pred_verdicts=verdicts,
+        gold_verdicts=gold_v,
+        format_ok=ok,
+    )
+    preds: dict[str, Any] = {
+        "pred_label": labels,
+        "pred_verdicts": verdicts,
+        "format_ok": ok,
+        "texts": texts,
+    }
+    if probs:
+        preds["probs"] = np.concatenate(probs)
+        metrics["posterior"] = posterior_metrics(
+            preds["probs"], gold, beta=beta, query_type=qtypes if any(qtypes) else None
+        )
+    return metrics, preds
