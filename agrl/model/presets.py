@@ -50,6 +50,7 @@ PRESETS: dict[str, ModelConfig] = {
         rms_norm_eps=1e-6,
         tie_embeddings=True,
         qkv_bias=True,
+        qk_norm=False,
         max_position_embeddings=32768,
         param_dtype="bfloat16",
         compute_dtype="bfloat16",
