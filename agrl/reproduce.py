@@ -1,0 +1,740 @@
+"""`agrl reproduce`: the main job of SPEC 8 on the relevance world, sized for a CPU.
+
+    world -> SFT (teacher responses) and oracle SFT (gold responses) -> DPO (pass@N pairs)
+    -> diagnostics (pass@G of the DPO policy on the rl pool) -> RL with every method of
+    METHODS from the same DPO start -> evaluation of every model on b_eval and w_eval
+    -> results.json, results.md, fig1..fig3 PNGs, run.json
+
+Every stage writes into its own directory under --out; a stage whose model/ and eval.json
+exist is reused, an unfinished one resumes from its last checkpoint (agrl.train). The
+configuration is layered: DEFAULTS (CPU-sized), then QUICK with --quick, then a TOML file
+(--config), then `section.key=value` overrides; `world.*` keys (a `[world]` table or
+`world.n_sft=...`) configure agrl.world.config.WorldConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agrl.config import (
+    Config,
+    ConfigError,
+    _build,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    method_preset,
+)
+from agrl.train import RunError
+
+METHODS: tuple[str, ...] = ("grpo", "grpo_pr", "agrl", "rrs_only", "agr_only")
+METHOD_NAMES = {
+    "grpo": "GRPO",
+    "grpo_pr": "GRPO-PR",
+    "agrl": "AGRL",
+    "rrs_only": "RRS only",
+    "agr_only": "AGR only",
+}
+ROW_NAMES = {"oracle": "Oracle SFT (gold)", "sft": "SFT", "dpo": "DPO", **METHOD_NAMES}
+
+# CPU-sized defaults (docs/results.md has the measured times behind them).
+DEFAULTS: dict[str, Any] = {
+    "world.n_sft": 3000,
+    "world.n_rl": 1000,
+    "world.n_b_eval": 256,
+    "world.n_w_eval": 256,
+    "model.vocab_size": 384,
+    "model.hidden_size": 128,
+    "model.intermediate_size": 384,
+    "model.num_layers": 2,
+    "model.num_heads": 4,
+    "model.num_kv_heads": 2,
+    "model.head_dim": 32,
+    "model.max_position_embeddings": 128,
+    "sampling.max_new_tokens": 40,
+    "sampling.prompt_buckets": "16,32",
+    "sampling.group_size": 8,
+    "sft.steps": 800,
+    "sft.batch_size": 32,
+    "dpo.steps": 40,
+    "dpo.batch_size": 16,
+    "dpo.lr": 5e-5,
+    "dpo.mine_prompts": 256,
+    "dpo.pass_n": 8,
+    "optim.lr": 3e-5,
+    "train.steps": 40,
+    "train.prompts_per_step": 8,
+    "train.eval_every": 10,
+    "train.eval_size": 256,
+    "train.ckpt_every": 10,
+    "guidance.slots_per_batch": 16,
+    "diag.prompts": 256,
+}
+# --quick: the whole pipeline in a few minutes (a smoke test, not a result).
+QUICK: dict[str, Any] = {
+    "world.n_sft": 400,
+    "world.n_rl": 64,
+    "world.n_b_eval": 32,
+    "world.n_w_eval": 32,
+    "model.hidden_size": 64,
+    "model.intermediate_size": 128,
+    "model.num_layers": 1,
+    "model.head_dim": 16,
+    "sampling.group_size": 4,
+    "sft.steps": 30,
+    "sft.batch_size": 16,
+    "dpo.steps": 4,
+    "dpo.batch_size": 4,
+    "dpo.mine_prompts": 16,
+    "dpo.pass_n": 4,
+    "train.steps": 3,
+    "train.prompts_per_step": 2,
+    "train.eval_every": 2,
+    "train.eval_size": 32,
+    "train.ckpt_every": 2,
+    "guidance.slots_per_batch": 4,
+    "diag.prompts": 16,
+}
+HARD_TYPES: tuple[str, ...] = ("negation", "alternative", "qa", "knowledge")
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything a reproduction run needs: configs, seeds, output directory."""
+
+    cfg: Config  # shared by all stages (paths and seed are filled per stage)
+    world: Any  # agrl.world.config.WorldConfig
+    diag_prompts: int
+    seeds: tuple[int, ...]
+    out: Path
+    quick: bool
+
+
+def _split_overrides(flat: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(world table, diag table, Config overrides as strings) from flat `a.b=v` pairs."""
+    world: dict[str, Any] = {}
+    diag: dict[str, Any] = {}
+    rest: dict[str, str] = {}
+    for key, value in flat.items():
+        head, _, tail = key.partition(".")
+        if head == "world":
+            node = world
+            *parents, last = tail.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = value
+        elif head == "diag":
+            diag[tail] = value
+        else:
+            rest[key] = str(value)
+    return world, diag, rest
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = ",".join(map(str, v)) if isinstance(v, list) else v
+    return out
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_plan(
+    *,
+    quick: bool = False,
+    seeds: int = 1,
+    out: str | Path = "runs/reproduce",
+    config: str | Path | None = None,
+    overrides: list[str] = (),
+) -> Plan:
+    """Layer DEFAULTS, QUICK, the TOML file and the overrides into a validated Plan."""
+    from agrl.world.config import WorldConfig
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds={seeds}: must be >= 1")
+    flat: dict[str, Any] = dict(DEFAULTS)
+    if quick:
+        flat |= QUICK
+    if config is not None:
+        try:
+            flat |= _flatten(tomllib.loads(Path(config).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{config}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{config}: invalid TOML: {e}") from None
+    flat |= _parse_overrides(list(overrides))
+    world_d, diag_d, rest = _split_overrides(flat)
+    unknown = set(diag_d) - {"prompts"}
+    if unknown:
+        raise ConfigError(f"diag.{sorted(unknown)[0]}: unknown field (known: ['prompts'])")
+    for bad in ("paths", "train.method", "train.seed"):
+        hit = [k for k in rest if k == bad or k.startswith(bad + ".")]
+        if hit:
+            raise ConfigError(f"{hit[0]}: set by `agrl reproduce` itself (use --out / --seeds)")
+    cfg = config_from_dict(apply_overrides({}, [f"{k}={v}" for k, v in rest.items()]))
+    for m in METHODS:  # every method preset must validate with the user's overrides
+        _method_cfg(cfg, m)
+    try:
+        diag_prompts = int(diag_d.get("prompts", 0))
+    except ValueError:
+        raise ConfigError(f"diag.prompts={diag_d['prompts']!r}: must be an int") from None
+    world = _build(WorldConfig, world_d, "world.")
+    return Plan(cfg, world, diag_prompts, tuple(range(seeds)), Path(out), quick)
+
+
+def _method_cfg(cfg: Config, method: str) -> Config:
+    """cfg with the method's preset applied (SPEC 4 / 8), keeping every other field."""
+    data = config_to_dict(cfg)
+    data["train"]["method"] = method
+    data = apply_overrides(data, [f"{k}={v}" for k, v in method_preset(method).items()])
+    return config_from_dict(data)
+
+
+def _with(cfg: Config, *, seed: int, **paths: str) -> Config:
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, seed=seed),
+        paths=dataclasses.replace(cfg.paths, **paths),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Progress, timing and provenance.
+
+
+class Progress:
+    """An overall stage counter with elapsed time and an ETA from per-stage cost estimates."""
+
+    def __init__(self, costs: list[tuple[str, float]], wall: dict[str, Any]):
+        self.costs = dict(costs)
+        self.order = [name for name, _ in costs]
+        self.wall = wall
+        self.t0 = time.perf_counter()
+        self.done_cost = 0.0
+        self.spent = 0.0
+
+    def start(self, name: str) -> None:
+        i = self.order.index(name) + 1
+        elapsed = time.perf_counter() - self.t0
+        left = sum(self.costs[n] for n in self.order[i - 1 :])
+        rate = self.spent / self.done_cost if self.done_cost else None
+        eta = f"ETA {_fmt(rate * left)}" if rate else "ETA unknown"
+        print(f"[stage {i}/{len(self.order)}] {name}  elapsed {_fmt(elapsed)}, {eta}", flush=True)
+
+    def finish(self, name: str, seconds: float, reused: bool) -> None:
+        self.wall[name] = {"seconds": round(seconds, 2), "reused": reused}
+        if not reused:
+            self.done_cost += self.costs[name]
+            self.spent += seconds
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("agrl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import jax
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
+
+
+def _run_config(plan: Plan) -> dict[str, Any]:
+    return {
+        "config": config_to_dict(plan.cfg),
+        "world": dataclasses.asdict(plan.world),
+        "diag_prompts": plan.diag_prompts,
+        "methods": {m: method_preset(m) for m in METHODS},
+        "quick": plan.quick,
+    }
+
+
+def _check_same_run(plan: Plan) -> dict[str, Any]:
+    """The wall times of an earlier run in the same directory; refuses a different config."""
+    path = plan.out / "run.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(_run_config(plan), default=str))
+    if old.get("run_config") != new:
+        raise RunError(
+            f"{plan.out} holds a run with a different configuration (see {path}); "
+            "use another --out or the same options"
+        )
+    return old.get("wall_seconds", {})
+
+
+def _write_run_json(plan: Plan, wall: dict[str, Any], total: float) -> None:
+    from agrl.evaluate import write_json
+
+    write_json(
+        plan.out / "run.json",
+        {
+            "command": " ".join(["agrl", *sys.argv[1:]]) if sys.argv else "agrl reproduce",
+            "run_config": json.loads(json.dumps(_run_config(plan), default=str)),
+            "seeds": list(plan.seeds),
+            "versions": _versions(),
+            "machine": _machine(),
+            "wall_seconds": wall,
+            "total_seconds_this_invocation": round(total, 2),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Diagnostics: what plain GRPO can learn from at the DPO start (issue 6 item 4).
+
+
+def _group_stats(acc: np.ndarray) -> dict[str, float]:
+    """Per-prompt accuracy among G samples [n] -> pass@G, mean accuracy, zero/all-correct."""
+    return {
+        "n": int(len(acc)),
+        "pass_at_g": float((acc > 0).mean()),
+        "mean_accuracy": float(acc.mean()),
+        "zero_correct": float((acc == 0).mean()),
+        "all_correct": float((acc == 1).mean()),
+    }
+
+
+def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[str, Any]:
+    """Sample G = sampling.group_size responses per prompt (the training sampler settings),
+    and report per query type the share of prompts with at least one correct label (pass@G),
+    the mean accuracy, and the share with zero correct (a zero-variance outcome group:
+    no GRPO gradient, the case AGR is for) or all correct."""
+    import jax
+
+    from agrl.data import encode_prompts, pad_left
+    from agrl.format import parse_batch
+    from agrl.sampling import make_sampler
+    from agrl.tokenizer import eos_ids
+
+    order, G, pad = cfg.train.response_order, cfg.sampling.group_size, int(tok.pad_token_id)
+    sampler = make_sampler(cfg.model, cfg.sampling, eos_ids=tuple(eos_ids(tok)), pad_id=pad)
+    prompts = encode_prompts(tok, records, order)
+    bs = max(1, 64 // G)
+    key = jax.random.key(seed)
+    acc = []
+    for start in range(0, len(prompts), bs):
+        chunk = prompts[start : start + bs]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (bs - n)  # a fixed batch: one compile per bucket
+        ids, mask = pad_left(chunk, max(len(c) for c in chunk), pad)
+        out = sampler(params, ids, mask, jax.random.fold_in(key, start))
+        toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
+        texts = tok.batch_decode([t[k].tolist() for t, k in zip(toks, m, strict=True)])
+        labels, _, ok = parse_batch(texts, order)
+        gold = np.repeat([r["label"] for r in records[start : start + n]], G)
+        acc.append((ok & (labels == gold)).reshape(n, G).mean(axis=1))
+    acc_all = np.concatenate(acc)
+    types = np.asarray([r.get("query_type", "") for r in records], dtype=object)
+    by_type = {t: _group_stats(acc_all[types == t]) for t in sorted(set(types.tolist()))}
+    return {"group_size": G, "overall": _group_stats(acc_all), "by_type": by_type}
+
+
+# ---------------------------------------------------------------------------------------
+# Stages.
+
+
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "model" / "config.json").exists() and (run_dir / "eval.json").exists()
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _eval_records(cfg: Config, world_dir: Path, split: str) -> list[dict]:
+    from agrl.data import load_records
+
+    return load_records(world_dir / f"{split}.jsonl")[: cfg.train.eval_size]
+
+
+def _policy(model_dir: Path, cfg: Config) -> tuple[Any, Config]:
+    from agrl.model import load_pretrained
+
+    params, model_cfg = load_pretrained(model_dir)
+    return params, dataclasses.replace(cfg, model=model_cfg)
+
+
+def _trained_stage(run_fn, cfg: Config, run_dir: Path, tok, world_dir: Path) -> dict:
+    """Train (or reuse / resume) one model, then evaluate it on w_eval as well.
+
+    b_eval metrics are the run's own eval.json (greedy, the first train.eval_size records);
+    w_eval metrics go to eval_w.json.  Returns {b_eval, w_eval, evals?, mining?}.
+    """
+    from agrl.evaluate import write_json
+    from agrl.policy_eval import evaluate_policy
+
+    summary = {} if _done(run_dir) else run_fn(cfg, resume=True)
+    if summary and not summary.get("complete", True):
+        raise RunError(f"{run_dir}: the run stopped before its last step")
+    w_path = run_dir / "eval_w.json"
+    if not w_path.exists():
+        params, pcfg = _policy(run_dir / "model", cfg)
+        metrics, _ = evaluate_policy(params, pcfg, tok, _eval_records(cfg, world_dir, "w_eval"))
+        write_json(w_path, metrics)
+    out = {"b_eval": _load_json(run_dir / "eval.json"), "w_eval": _load_json(w_path)}
+    if (run_dir / "evals.json").exists():
+        out["evals"] = _load_json(run_dir / "evals.json")
+    if (run_dir / "pairs.json").exists():
+        out["mining"] = _load_json(run_dir / "pairs.json")
+    return out
+
+
+def _prepare_world(plan: Plan) -> Path:
+    """Write the world once (splits, tokenizer) plus sft_gold.jsonl for the oracle SFT."""
+    from agrl.tokenizer import load_tokenizer
+    from agrl.world.splits import write_world
+
+    world_dir = plan.out / "world"
+    gold_file = world_dir / "sft_gold.jsonl"
+    if not (world_dir / "summary.json").exists() or not gold_file.exists():
+        write_world(plan.world, world_dir)
+        with open(world_dir / "sft.jsonl") as f, open(gold_file, "w") as g:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    rec["response"] = rec["gold_response"]
+                    g.write(json.dumps(rec) + "\n")
+    n_tok = len(load_tokenizer(world_dir / "tokenizer"))
+    if plan.cfg.model.vocab_size < n_tok:
+        raise ConfigError(
+            f"model.vocab_size={plan.cfg.model.vocab_size}: smaller than the world "
+            f"tokenizer's {n_tok} tokens; raise it"
+        )
+    return world_dir
+
+
+def _diag_stage(plan: Plan, seed: int, world_dir: Path, tok) -> dict:
+    from agrl.data import load_records
+    from agrl.evaluate import write_json
+
+    path = plan.out / f"seed{seed}" / "diagnostics.json"
+    if path.exists():
+        return _load_json(path)
+    records = load_records(world_dir / "rl.jsonl")
+    if plan.diag_prompts:
+        pick = np.random.default_rng(seed).permutation(len(records))[: plan.diag_prompts]
+        records = [records[i] for i in sorted(pick)]
+    params, pcfg = _policy(plan.out / f"seed{seed}" / "dpo" / "model", plan.cfg)
+    result = pass_at_g(params, pcfg, tok, records, seed)
+    write_json(path, result)
+    return result
+
+
+def _stage_costs(plan: Plan) -> list[tuple[str, float]]:
+    """(stage name, rough cost in 'SFT steps') for the overall ETA."""
+    c = plan.cfg
+    sft = float(c.sft.steps) + 20
+    mine = c.dpo.mine_prompts * c.dpo.pass_n / 16
+    costs = [("world", 5.0)]
+    for s in plan.seeds:
+        costs += [(f"seed{s}/sft", sft), (f"seed{s}/oracle", sft)]
+        costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20)]
+        costs += [(f"seed{s}/diagnostics", plan.diag_prompts * c.sampling.group_size / 16)]
+        rl = c.train.steps * (15.0 + 2 * c.train.prompts_per_step) + 40
+        costs += [(f"seed{s}/rl_{m}", rl) for m in METHODS]
+    return costs
+
+
+def _run_seed(plan: Plan, seed: int, world_dir: Path, tok, progress: Progress) -> dict:
+    from agrl.train import run_dpo, run_rl, run_sft
+
+    base = plan.out / f"seed{seed}"
+    cfg, results = plan.cfg, {}
+
+    def stage(name: str, fn):
+        full = f"seed{seed}/{name}"
+        progress.start(full)
+        reused = (base / name / "eval_w.json").exists() or (
+            name == "diagnostics" and (base / "diagnostics.json").exists()
+        )
+        t = time.perf_counter()
+        value = fn()
+        progress.finish(full, time.perf_counter() - t, reused)
+        return value
+
+    world = str(world_dir)
+    sft_cfg = _with(cfg, seed=seed, world=world, out=str(base / "sft"))
+    results["sft"] = stage(
+        "sft", lambda: _trained_stage(run_sft, sft_cfg, base / "sft", tok, world_dir)
+    )
+    gold = str(world_dir / "sft_gold.jsonl")
+    ocfg = _with(cfg, seed=seed, world=world, train_data=gold, out=str(base / "oracle"))
+    results["oracle"] = stage(
+        "oracle", lambda: _trained_stage(run_sft, ocfg, base / "oracle", tok, world_dir)
+    )
+    sft_model = str(base / "sft" / "model")
+    dcfg = _with(cfg, seed=seed, world=world, init=sft_model, out=str(base / "dpo"))
+    results["dpo"] = stage(
+        "dpo", lambda: _trained_stage(run_dpo, dcfg, base / "dpo", tok, world_dir)
+    )
+    diag = stage("diagnostics", lambda: _diag_stage(plan, seed, world_dir, tok))
+    dpo_model = str(base / "dpo" / "model")
+    for m in METHODS:
+        rdir = base / f"rl_{m}"
+        rcfg = _with(_method_cfg(cfg, m), seed=seed, world=world, init=dpo_model, out=str(rdir))
+        results[m] = stage(
+            f"rl_{m}",
+            lambda rcfg=rcfg, rdir=rdir: _trained_stage(run_rl, rcfg, rdir, tok, world_dir),
+        )
+    return {"models": results, "diagnostics": diag}
+
+
+# ---------------------------------------------------------------------------------------
+# Results: table, diagnostics, figures.
+
+ROWS: tuple[str, ...] = ("oracle", "sft", "dpo", *METHODS)
+TABLE_COLUMNS: tuple[str, ...] = (
+    "macro_f1",
+    "accuracy",
+    "f1_1",
+    "f1_2",
+    "f1_3",
+    "f1_4",
+    "good_f1",
+    "rule_adherence",
+    "step_accuracy",
+)
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
+    """{row: {split: aggregate_seeds over seeds}} for every model row and split."""
+    from agrl.evaluate import aggregate_seeds
+
+    out: dict[str, dict[str, Any]] = {}
+    for row in ROWS:
+        out[row] = {}
+        for split in ("b_eval", "w_eval"):
+            runs = [per_seed[s]["models"][row][split] for s in sorted(per_seed)]
+            out[row][split] = aggregate_seeds(runs)
+    return out
+
+
+def _type_table(agg: dict, split: str) -> str:
+    types = [t for t in HARD_TYPES if t in agg["dpo"][split].get("accuracy_by_type", {})]
+    rows = {ROW_NAMES[r]: agg[r][split].get("accuracy_by_type", {}) for r in ROWS}
+    from agrl.evaluate import metrics_table_markdown
+
+    return metrics_table_markdown(rows, types)
+
+
+def _diag_table(per_seed: dict[int, dict]) -> str:
+    """Mean over seeds of the pass@G diagnostics per query type (in percent)."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]["diagnostics"]
+    G = first["group_size"]
+    lines = [
+        f"| query type | prompts | pass@{G} | mean acc | zero correct of {G} | all correct |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = [*first["by_type"], "overall"]
+    for t in names:
+        stats = [
+            per_seed[s]["diagnostics"]["by_type"].get(t)
+            if t != "overall"
+            else per_seed[s]["diagnostics"]["overall"]
+            for s in seeds
+        ]
+        stats = [x for x in stats if x]
+        mean = {k: float(np.mean([x[k] for x in stats])) for k in stats[0]}
+        lines.append(
+            f"| {t} | {mean['n']:.0f} | {100 * mean['pass_at_g']:.1f} | "
+            f"{100 * mean['mean_accuracy']:.1f} | {100 * mean['zero_correct']:.1f} | "
+            f"{100 * mean['all_correct']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(plan: Plan, agg: dict, per_seed: dict[int, dict], wall: dict) -> str:
+    """results.md: the SPEC 8 table for b_eval and w_eval, per-type accuracy, diagnostics."""
+    from agrl.evaluate import metrics_table_markdown
+
+    n = len(plan.seeds)
+    total = sum(v["seconds"] for v in wall.values() if isinstance(v, dict))
+    parts = [
+        "# agrl reproduce: results\n",
+        f"Seeds: {list(plan.seeds)} (mean ± std over {n} seed{'s' * (n > 1)}; std is 0 with "
+        f"one seed). {'QUICK smoke run: tiny sizes, not a result. ' if plan.quick else ''}"
+        f"Greedy decoding on the first {plan.cfg.train.eval_size} records of each split. "
+        f"Stage time (summed, this directory): {_fmt(total)}.\n",
+    ]
+    for split in ("b_eval", "w_eval"):
+        rows = {ROW_NAMES[r]: agg[r][split] for r in ROWS}
+        parts += [f"## {split}\n", metrics_table_markdown(rows, TABLE_COLUMNS)]
+    parts += ["## b_eval accuracy per hard query type (%)\n", _type_table(agg, "b_eval")]
+    parts += [
+        "## Diagnostics at the RL start (DPO policy, rl pool)\n",
+        f"G = {plan.cfg.sampling.group_size} samples per prompt at the training temperature "
+        f"{plan.cfg.sampling.temperature}; 'zero correct' groups give plain GRPO no outcome "
+        "signal (what AGR is for). Percent, mean over seeds.\n",
+        _diag_table(per_seed),
+        "The oracle row (SFT on gold responses, same budget) is the ceiling of what this "
+        "model size and SFT budget can learn.\n",
+        "Figures: fig1_macro_f1.png, fig1_accuracy.png, fig2_zero_variance_trigger.png, "
+        "fig3_type_accuracy.png.\n",
+    ]
+    return "\n".join(parts)
+
+
+def _metric_series(per_seed: dict[int, dict], method: str, key: str) -> list:
+    return [
+        ([e["step"] for e in per_seed[s]["models"][method]["evals"]],
+         [e[key] for e in per_seed[s]["models"][method]["evals"]])
+        for s in sorted(per_seed)
+    ]  # fmt: skip
+
+
+def _log_series(plan: Plan, method: str, key: str) -> list:
+    from agrl.metrics_log import read_metrics
+    from agrl.plots import series_from_records
+
+    return [
+        series_from_records(read_metrics(plan.out / f"seed{s}" / f"rl_{method}"), key)
+        for s in plan.seeds
+    ]
+
+
+def write_figures(plan: Plan, per_seed: dict[int, dict], agg: dict) -> list[Path]:
+    """Figures 1-3 of SPEC 8 as PNG files in --out."""
+    from agrl.plots import plot_curves, plot_per_type_accuracy, plot_zero_variance_and_trigger
+
+    out = plan.out
+    paths = []
+    for key, label in (("macro_f1", "b_eval macro-F1"), ("accuracy", "b_eval accuracy")):
+        series = {METHOD_NAMES[m]: _metric_series(per_seed, m, key) for m in METHODS}
+        paths.append(plot_curves(series, label, out / f"fig1_{key}.png", title=label))
+    zero = {METHOD_NAMES[m]: _log_series(plan, m, "zero_variance_frac") for m in METHODS}
+    agr_methods = [m for m in METHODS if _method_cfg(plan.cfg, m).guidance.enabled]
+    trig = {METHOD_NAMES[m]: _log_series(plan, m, "agr_trigger_rate") for m in agr_methods}
+    paths.append(plot_zero_variance_and_trigger(zero, trig, out / "fig2_zero_variance_trigger.png"))
+
+    def by_type(row: str) -> dict[str, float]:
+        accs = agg[row]["b_eval"].get("accuracy_by_type", {})
+        return {t: accs[t][0] for t in HARD_TYPES if t in accs}
+
+    after = {METHOD_NAMES[m]: by_type(m) for m in METHODS}
+    paths.append(
+        plot_per_type_accuracy(
+            by_type("dpo"), after, out / "fig3_type_accuracy.png", before_label="DPO (before RL)"
+        )
+    )
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# The job.
+
+
+def run_reproduce(plan: Plan) -> dict[str, Any]:
+    """Run (or resume) every stage of the plan and write results.json, results.md, figures
+    and run.json into plan.out.  Returns {results, paths}."""
+    from agrl.evaluate import write_json
+    from agrl.tokenizer import load_tokenizer
+    from agrl.train import check_writable
+
+    check_writable(plan.out)
+    wall = dict(_check_same_run(plan))
+    t0 = time.perf_counter()
+    progress = Progress(_stage_costs(plan), wall)
+    _write_run_json(plan, wall, 0.0)
+    progress.start("world")
+    t = time.perf_counter()
+    reused = (plan.out / "world" / "sft_gold.jsonl").exists()
+    world_dir = _prepare_world(plan)
+    progress.finish("world", time.perf_counter() - t, reused)
+    tok = load_tokenizer(world_dir / "tokenizer")
+    per_seed: dict[int, dict] = {}
+    for seed in plan.seeds:
+        per_seed[seed] = _run_seed(plan, seed, world_dir, tok, progress)
+        _write_run_json(plan, wall, time.perf_counter() - t0)
+    agg = aggregate(per_seed)
+    results = {
+        "seeds": list(plan.seeds),
+        "rows": {r: ROW_NAMES[r] for r in ROWS},
+        "aggregate": agg,
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+    }
+    paths = [write_json(plan.out / "results.json", results)]
+    md = plan.out / "results.md"
+    md.write_text(results_markdown(plan, agg, per_seed, wall))
+    paths += [md, *write_figures(plan, per_seed, agg)]
+    _write_run_json(plan, wall, time.perf_counter() - t0)
+    paths.append(plan.out / "run.json")
+    print(f"done in {_fmt(time.perf_counter() - t0)}; wrote " + ", ".join(p.name for p in paths))
+    return {"results": results, "paths": paths}
+
+
+def _cmd(args) -> int:
+    plan = build_plan(
+        quick=args.quick,
+        seeds=args.seeds,
+        out=args.out,
+        config=args.config,
+        overrides=args.overrides,
+    )
+    run_reproduce(plan)
+    print((plan.out / "results.md").read_text())
+    return 0
+
+
+def add_reproduce(sub) -> None:
+    """Register `agrl reproduce` with the CLI's subparsers."""
+    p = sub.add_parser(
+        "reproduce",
+        help="the main job: world -> SFT -> DPO -> RL (5 methods) -> table + figures",
+        description=(
+            "Reproduce the SPEC 8 comparison on the relevance world. Reruns on the same --out "
+            "reuse finished stages and resume unfinished ones. Overrides: section.key=value "
+            "for the Config tree, world.key=value for the world, diag.prompts=N."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in minutes")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
+    p.add_argument("--out", default="runs/reproduce", help="output directory")
+    p.add_argument("--config", default=None, help="TOML file layered over the defaults")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.set_defaults(func=_cmd)
