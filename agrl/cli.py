@@ -12,8 +12,11 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
+from agrl.checkpoint import CheckpointError
 from agrl.config import ConfigError
 from agrl.data import DataError, has_verdicts, load_records
+from agrl.model.hf import CheckpointError as ModelError
+from agrl.train import RunError
 
 EXIT_USER_ERROR = 2
 
@@ -78,12 +81,136 @@ def add_validate(sub) -> None:
     p.set_defaults(func=_validate)
 
 
-COMMANDS: list[Callable] = [add_world, add_validate]
+def _run_config(args: argparse.Namespace):
+    """Config of a training command: method preset < --config file < flags < overrides."""
+    from agrl.config import config_from_dict, load_toml, merge_dicts, method_preset
+
+    file_data = load_toml(args.config) if args.config else {}
+    user = apply_overrides_list(args.overrides)
+    method = user.get("train", {}).get("method") or file_data.get("train", {}).get("method")
+    preset = apply_overrides_list([f"{k}={v}" for k, v in method_preset(method or "agrl").items()])
+    flags = {
+        "world": args.world,
+        "init": getattr(args, "init", None),
+        "ref": getattr(args, "ref", None),
+        "out": args.out,
+    }
+    paths = {k: v for k, v in flags.items() if v}
+    data = merge_dicts(merge_dicts(preset, file_data), {"paths": paths} if paths else {})
+    return config_from_dict(merge_dicts(data, user))
+
+
+def apply_overrides_list(items: list[str]) -> dict:
+    from agrl.config import apply_overrides
+
+    return apply_overrides({}, list(items))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agrl.train import run_dpo, run_rl, run_sft
+
+    cfg = _run_config(args)
+    run = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[args.stage]
+    summary = run(cfg, resume=args.resume)
+    ev = summary.get("eval") or {}
+    line = f"{args.stage} done: model in {summary.get('model')}"
+    if ev:
+        line += f"; eval accuracy {ev['accuracy']:.3f} macro-F1 {ev['macro_f1']:.3f}"
+    print(line)
+    return 0
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a policy: sft, dpo or rl (grpo / grpo_pr / agrl / rrs_only / agr_only)",
+        description=(
+            "Run one training stage. The config is built from the method preset "
+            "(train.method), then --config FILE (TOML), then the path flags, then "
+            "section.key=value overrides. A run directory holds checkpoints, metrics.jsonl, "
+            "tb/, and at the end model/ (a Hugging Face directory) and eval.json."
+        ),
+    )
+    p.add_argument("stage", choices=("sft", "dpo", "rl"))
+    p.add_argument("--config", help="TOML file with config sections")
+    p.add_argument("--world", help="directory written by `agrl world` (data + tokenizer)")
+    p.add_argument("--init", help="model directory to start from (required for dpo and rl)")
+    p.add_argument("--ref", help="reference model directory (default: --init)")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.method=grpo")
+    p.set_defaults(func=_train)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from agrl.config import Config, TrainConfig
+    from agrl.evaluate import metrics_table_markdown, write_json
+    from agrl.model import load_pretrained
+    from agrl.policy_eval import evaluate_policy
+    from agrl.tokenizer import load_tokenizer
+
+    params, model_cfg = load_pretrained(args.model)
+    tok = load_tokenizer(args.model)
+    cfg = Config(model=model_cfg, train=TrainConfig(response_order=args.order))
+    records = load_records(args.data)
+    metrics, _ = evaluate_policy(params, cfg, tok, records, progress=True, beta=args.beta)
+    print(metrics_table_markdown({args.model: metrics}))
+    if args.out:
+        write_json(args.out, metrics)
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps({k: metrics[k] for k in ("accuracy", "macro_f1", "good_f1")}))
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model directory on a labelled JSONL file",
+        description="Greedy decoding and label posterior: per-class F1, Good F1, macro-F1, "
+        "accuracy, rule adherence, step accuracy, ordinal MAE, confusion, per-type accuracy, "
+        "CumPT tiers (docs/evaluation.md).",
+    )
+    p.add_argument("--model", required=True, help="Hugging Face model directory (+ tokenizer)")
+    p.add_argument("--data", required=True, help="labelled JSONL file")
+    p.add_argument("--out", help="write all metrics as JSON here")
+    p.add_argument("--order", choices=("label_first", "think_first"), default="label_first")
+    p.add_argument("--beta", type=float, default=0.5, help="CumPT threshold")
+    p.set_defaults(func=_eval)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from agrl.scoring import score_file
+
+    s = score_file(args.model, args.data, args.out, batch_size=args.batch_size, beta=args.beta)
+    print(f"scored {s['n']} records -> {args.out}; posterior accuracy {s['accuracy']:.3f}")
+    return 0
+
+
+def add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="label-posterior scores (prefill only) and CumPT tiers for a JSONL file",
+        description="Serve-style scoring: softmax over the 4 label tokens at the first "
+        "response position; one JSON line per record with probs, argmax label and tier.",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--beta", type=float, default=0.5, help="CumPT threshold")
+    p.set_defaults(func=_score)
+
+
+COMMANDS: list[Callable] = [add_world, add_validate, add_train, add_eval, add_score]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="agrl", description="TaoSR-AGRL in pure JAX: relevance world, data tools."
+        prog="agrl",
+        description="TaoSR-AGRL in pure JAX: relevance world, data tools, training, evaluation.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
@@ -93,10 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `agrl` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides (section.key=value) may follow the options, which argparse's positional
+    # matching does not allow; collect them here for the commands that take them.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        bad = [x for x in extra if x.startswith("-") or "=" not in x]
+        if bad or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError, UserError) as e:
+    except (DataError, ConfigError, UserError, RunError, CheckpointError, ModelError) as e:
         print(f"agrl {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:

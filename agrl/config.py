@@ -40,8 +40,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     tie_embeddings: bool = True
-    qkv_bias: bool = False  # Qwen2
-    qk_norm: bool = True  # Qwen3 (the default arch)
+    qkv_bias: bool | None = None  # None: True for qwen2, else False
+    qk_norm: bool | None = None  # None: True for qwen3, else False
     max_position_embeddings: int = 512
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -57,6 +57,11 @@ class ModelConfig:
             "head_dim",
         ):
             _check(getattr(self, name) > 0, f"model.{name}", getattr(self, name), "must be > 0")
+        # The architecture decides the defaults of its two switches (frozen: set once here).
+        if self.qkv_bias is None:
+            object.__setattr__(self, "qkv_bias", self.arch == "qwen2")
+        if self.qk_norm is None:
+            object.__setattr__(self, "qk_norm", self.arch == "qwen3")
         _check(
             self.num_heads % self.num_kv_heads == 0,
             "model.num_kv_heads",
@@ -508,16 +513,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as a nested dict; a missing or malformed file raises ConfigError."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+
+
+def merge_dicts(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge; values of `top` win."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = (
+            merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    data = load_toml(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, list(overrides)))
 
 

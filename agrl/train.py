@@ -207,6 +207,11 @@ class Run:
         return last
 
 
+def frozen_copy(params: Any) -> Any:
+    """A host copy of params that the donated train state can never alias."""
+    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(params))
+
+
 def _key_data(key: jax.Array) -> np.ndarray:
     return np.asarray(jax.random.key_data(key))
 
@@ -364,6 +369,7 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
     ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
+    ref_params = frozen_copy(ref_params)
     pairs_file = out / "pairs.npz"
     if pairs_file.exists():
         with np.load(pairs_file) as f:
@@ -436,7 +442,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
     ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
-    ref_params = jax.tree.map(np.asarray, jax.device_get(ref_params))  # a frozen copy
+    ref_params = frozen_copy(ref_params)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     ctx = make_rl_context(cfg, pool, tok, optimizer, eos_ids(tok))
     run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
