@@ -290,6 +290,7 @@ def rl_iteration(
         time_update=t5 - t4,
         time_iteration=t5 - t0,
         sample_tokens_per_s=n_tok / max(t1 - t0 + t_guided, 1e-9),
+        train_tokens_per_s=n_tok * cfg.loss.mu / max(t5 - t4, 1e-9),
     )
     rollout = {
         "prompt_idx": batch_idx,

@@ -137,3 +137,20 @@ def test_cli_train_reports_user_mistakes_without_traceback(world, tmp_path, caps
     assert rc == 2 and "loss.mu=0" in capsys.readouterr().err
     with pytest.raises(RunError, match="not writable"):
         run_sft(load_config(None, [f"paths.world={world}", "paths.out=/proc/agrl-nope"]))
+
+
+def test_run_stops_with_a_checkpoint_after_consecutive_nonfinite_steps(tmp_path):
+    from agrl.metrics_log import MetricsLogger
+    from agrl.train import Run
+
+    cfg = load_config(None, ["train.max_nonfinite=3"])
+    run = Run(cfg, tmp_path, total_steps=10, ckpt_every=100, desc="test")
+    saved = []
+    skipped = iter([0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0])  # a recovery, then 3 in a row
+    body = lambda step: {"loss": float("nan"), "skipped": next(skipped)}
+    with pytest.raises(RunError, match="3 consecutive non-finite"):
+        run.loop(0, None, body, saved.append, MetricsLogger(tmp_path))
+    assert saved == [6]  # the state after the failing step is checkpointed
+    rows = read_metrics(tmp_path)
+    assert [r["nonfinite_streak"] for r in rows] == [0, 1, 0, 1, 2, 3]
+    assert all(r["loss"] is None and r["nonfinite"] == ["loss"] for r in rows)
