@@ -117,6 +117,15 @@ def load_policy(cfg: Config, key: jax.Array) -> tuple[Any, Config]:
     return params, dataclasses.replace(cfg, model=model_cfg)
 
 
+def check_vocab(cfg: Config, tok) -> None:
+    """The model must have a row for every token id the tokenizer can produce."""
+    if cfg.model.vocab_size < len(tok):
+        raise RunError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{len(tok)} tokens ({cfg.paths.tokenizer}); set model.vocab_size >= {len(tok)}"
+        )
+
+
 def build_pool(records: list[dict], tok, order: str) -> PromptPool:
     """Tokenised prompts and gold fields of a split (gold response = what AGR forces)."""
     prompts = [np.asarray(x, np.int32) for x in encode_prompts(tok, records, order)]
@@ -257,6 +266,7 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     arrays_np = _supervised_arrays(tok, records, texts, order, cfg.sampling.max_new_tokens)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
+    check_vocab(cfg, tok)
     optimizer = make_optimizer(_optim(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps)
     run = Run(cfg, out, cfg.sft.steps, max(1, cfg.train.ckpt_every), "sft")
     batches = BatchSampler(len(records), cfg.train.seed)
@@ -368,6 +378,7 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
+    check_vocab(cfg, tok)
     ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
     ref_params = frozen_copy(ref_params)
     pairs_file = out / "pairs.npz"
@@ -441,6 +452,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
         tqdm.write(message)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
+    check_vocab(cfg, tok)
     ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
     ref_params = frozen_copy(ref_params)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)

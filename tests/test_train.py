@@ -135,6 +135,10 @@ def test_cli_train_reports_user_mistakes_without_traceback(world, tmp_path, caps
     assert rc == 2 and "paths.init is not set" in err and "Traceback" not in err
     rc = main(["train", "sft", "--world", str(world), "--out", str(tmp_path), "loss.mu=0"])
     assert rc == 2 and "loss.mu=0" in capsys.readouterr().err
+    rc = main(
+        ["train", "sft", "--world", str(world), "--out", str(tmp_path), "model.vocab_size=64"]
+    )
+    assert rc == 2 and "model.vocab_size=64 is smaller than" in capsys.readouterr().err
     with pytest.raises(RunError, match="not writable"):
         run_sft(load_config(None, [f"paths.world={world}", "paths.out=/proc/agrl-nope"]))
 
