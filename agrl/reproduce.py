@@ -65,15 +65,15 @@ DEFAULTS: dict[str, Any] = {
     "sampling.max_new_tokens": 40,
     "sampling.prompt_buckets": "16,32",
     "sampling.group_size": 8,
-    "sft.steps": 800,
+    "sft.steps": 600,
     "sft.batch_size": 32,
     "dpo.steps": 40,
     "dpo.batch_size": 16,
     "dpo.lr": 5e-5,
     "dpo.mine_prompts": 256,
     "dpo.pass_n": 8,
-    "optim.lr": 3e-5,
-    "train.steps": 40,
+    "optim.lr": 1e-4,
+    "train.steps": 30,
     "train.prompts_per_step": 8,
     "train.eval_every": 10,
     "train.eval_size": 256,
@@ -470,7 +470,7 @@ def _stage_costs(plan: Plan) -> list[tuple[str, float]]:
     c = plan.cfg
     sft = float(c.sft.steps) + 20
     mine = c.dpo.mine_prompts * c.dpo.pass_n / 16
-    costs = [("world", 5.0)]
+    costs = [("world", 10.0)]
     for s in plan.seeds:
         costs += [(f"seed{s}/sft", sft), (f"seed{s}/oracle", sft)]
         costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20)]
