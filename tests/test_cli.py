@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from agrl.cli import build_parser, main
+import pytest
+
+from agrl.cli import COMMANDS, build_parser, main
 
 SMALL = ["--n-sft", "60", "--n-rl", "40", "--n-b-eval", "20", "--n-w-eval", "20"]
 
@@ -41,8 +43,13 @@ def test_bad_value_exits_2_with_one_line(tmp_path, capsys):
 def test_help_lists_only_working_commands():
     text = build_parser().format_help()
     choices = build_parser()._subparsers._group_actions[0].choices
-    assert set(choices) == {"world", "validate"}
-    assert "world" in text and "validate" in text
+    assert set(choices) == {add.__name__.removeprefix("add_") for add in COMMANDS}
+    assert {"world", "validate", "train", "eval", "score"} <= set(choices)
+    for name in choices:
+        assert name in text
+        with pytest.raises(SystemExit) as exit_info:  # every command parses its own --help
+            build_parser().parse_args([name, "--help"])
+        assert exit_info.value.code == 0
 
 
 def test_console_entry_has_no_traceback(tmp_path):
