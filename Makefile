@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/agrl world --out runs/world
+	$(BIN)/agrl reproduce --out runs/reproduce
 
 test: $(STAMP)
 	$(BIN)/ruff format --check agrl tests scripts

@@ -107,8 +107,14 @@ def apply_overrides_list(items: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from agrl.distributed import init_distributed, resolve_spec
     from agrl.train import run_dpo, run_rl, run_sft
 
+    try:  # before any device is touched; flags, else AGRL_* env, else cluster auto-detect
+        spec = resolve_spec(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    init_distributed(spec)
     cfg = _run_config(args)
     run = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[args.stage]
     summary = run(cfg, resume=args.resume)
@@ -138,6 +144,9 @@ def add_train(sub) -> None:
     p.add_argument("--ref", help="reference model directory (default: --init)")
     p.add_argument("--out", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--coordinator", help="multi-process: host:port of process 0 (docs/scaling.md)")
+    p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-process: this process, 0..n-1")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.method=grpo")
     p.set_defaults(func=_train)
 
@@ -204,7 +213,20 @@ def add_score(sub) -> None:
     p.set_defaults(func=_score)
 
 
-COMMANDS: list[Callable] = [add_world, add_validate, add_train, add_eval, add_score]
+def add_reproduce(sub) -> None:
+    from agrl.reproduce import add_reproduce as add
+
+    add(sub)
+
+
+COMMANDS: list[Callable] = [
+    add_world,
+    add_validate,
+    add_train,
+    add_eval,
+    add_score,
+    add_reproduce,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
