@@ -24,6 +24,7 @@ import numpy as np
 from agrl.advantages import compute_advantages, group_stats
 from agrl.config import Config
 from agrl.data import pad_left
+from agrl.distributed import make_sharded_sampler, put_rows, to_host, train_state_shardings
 from agrl.format import parse_batch
 from agrl.guidance import (
     ReplayTable,
@@ -108,19 +109,27 @@ class RLContext:
     logps_fn: Any
     score: Any  # jitted: parsed arrays + gold -> (reward, components, advantages, stats)
     timings: dict[str, float] = field(default_factory=dict)
+    mesh: Any = None  # jax Mesh: batches split over (data, fsdp); None: one device
+    state_shardings: Any = None  # TrainState of NamedShardings (the rules table), with mesh
 
 
-def make_rl_context(cfg: Config, pool: PromptPool, tokenizer, optimizer, eos_ids) -> RLContext:
-    """Build the samplers and jitted functions once for a config."""
+def make_rl_context(
+    cfg: Config, pool: PromptPool, tokenizer, optimizer, eos_ids, mesh=None
+) -> RLContext:
+    """Build the samplers and jitted functions once for a config (under `mesh` if given:
+    agrl.distributed's sampler, and batches placed as global arrays split on rows)."""
     scfg, G = cfg.sampling, cfg.sampling.group_size
     pad_id = int(tokenizer.pad_token_id)
-    sampler = make_sampler(cfg.model, scfg, eos_ids=tuple(eos_ids), pad_id=pad_id)
+
+    def new_sampler(**kw):
+        kw |= dict(eos_ids=tuple(eos_ids), pad_id=pad_id)
+        if mesh is None:
+            return make_sampler(cfg.model, scfg, **kw)
+        return make_sharded_sampler(cfg.model, scfg, mesh, **kw)
+
+    sampler = new_sampler()
     slots = cfg.guidance.slots_per_batch if cfg.guidance.enabled else 0
-    guided_sampler = (
-        make_sampler(cfg.model, scfg, eos_ids=tuple(eos_ids), pad_id=pad_id, group_size=1)
-        if slots > 0
-        else None
-    )
+    guided_sampler = new_sampler(group_size=1) if slots > 0 else None
 
     def score(pred_label, pred_verdicts, format_ok, gold_label, gold_verdicts, has_verdicts):
         reward, comps = compute_rewards(
@@ -147,6 +156,8 @@ def make_rl_context(cfg: Config, pool: PromptPool, tokenizer, optimizer, eos_ids
         ),
         logps_fn=make_logps_fn(cfg.model, temperature=_logp_temperature(cfg)),
         score=jax.jit(score),
+        mesh=mesh,
+        state_shardings=None if mesh is None else train_state_shardings(cfg.model, optimizer, mesh),
     )
 
 
@@ -186,7 +197,7 @@ def rl_iteration(
 
     # 1. G unguided samples per prompt.
     out = ctx.sampler(state.params, prompt_ids, prompt_mask, k_sample)
-    tokens, gen_mask = np.array(out.tokens), np.array(out.mask)  # writable copies
+    tokens, gen_mask = np.array(to_host(out.tokens)), np.array(to_host(out.mask))  # writable
     forced_mask = np.zeros_like(gen_mask)
     t1 = time.perf_counter()
 
@@ -235,9 +246,9 @@ def rl_iteration(
                 np.where(np.arange(S) < rows.size, np.asarray(forced_len)[take], 0),
             )
             n = rows.size
-            tokens[rows] = np.asarray(g_out.tokens)[:n]
-            gen_mask[rows] = np.asarray(g_out.mask)[:n]
-            forced_mask[rows] = np.asarray(g_out.forced_mask)[:n]
+            tokens[rows] = to_host(g_out.tokens)[:n]
+            gen_mask[rows] = to_host(g_out.mask)[:n]
+            forced_mask[rows] = to_host(g_out.forced_mask)[:n]
             t_guided = time.perf_counter() - tg
             parsed = _parse(ctx, tokens, gen_mask)
             reward, comps, adv, stats = ctx.score(*parsed, *gold)
@@ -261,7 +272,9 @@ def rl_iteration(
         "forced_mask": forced_mask & loss_mask,
         "advantages": np.asarray(adv).reshape(N),
     }
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    # Under a mesh each process places only its own rows of the global batch.
+    place = jnp.asarray if ctx.mesh is None else (lambda v: put_rows(v, ctx.mesh))
+    batch = {k: place(v) for k, v in batch.items()}
     lp_args = tuple(batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids"))
     batch["ref_logps"] = ctx.logps_fn(ref_params, *lp_args, batch["completion_mask"])
     if cfg.loss.mu > 1:
@@ -273,6 +286,10 @@ def rl_iteration(
     sums: dict[str, float] = {}
     for _ in range(cfg.loss.mu):
         state, m = ctx.rl_step(state, batch)
+        if ctx.state_shardings is not None:
+            # The step has no out_shardings: XLA may lay small leaves (norms) out otherwise;
+            # put them back on the table so the next call neither recompiles nor drifts.
+            state = jax.device_put(state, ctx.state_shardings)
         m = jax.device_get(m)
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + float(v)

@@ -10,13 +10,15 @@ SPEC 9; the MaxText / flax lm1b pattern.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from agrl.config import MeshConfig
+from agrl.config import MeshConfig, ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -36,20 +38,48 @@ LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
-def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
-    """Mesh of shape (data, fsdp, tensor); the one -1 size takes the remaining devices."""
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) sizes on n_devices; the one -1 size takes the remaining devices.
+    Without a -1 the sizes are taken as given (at most n_devices in all)."""
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"mesh {tuple(sizes)}: {len(devices)} devices not divisible")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
-        raise ValueError(
-            f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices, have {len(devices)}"
-        )
+        if n_devices % known:
+            raise ValueError(f"mesh {tuple(sizes)}: {n_devices} devices not divisible")
+        sizes[sizes.index(-1)] = n_devices // known
+    if math.prod(sizes) > n_devices:
+        raise ValueError(f"mesh {tuple(sizes)} needs {math.prod(sizes)} devices, have {n_devices}")
+    return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """Mesh of shape (data, fsdp, tensor) over the devices of every process.
+
+    Devices are laid out in `jax.devices()` order (process-major), so each process holds a
+    contiguous block of the data-parallel rows. On TPU the physical topology decides the
+    order (`mesh_utils.create_device_mesh`), so that tensor and fsdp collectives stay on the
+    fastest interconnect links. A single-process mesh smaller than the device count (e.g.
+    mesh.data=1) uses the first devices; a multi-process mesh must use them all.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_shape(cfg, len(devices))
+    if math.prod(sizes) < len(devices):
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"mesh {sizes} uses {math.prod(sizes)} of {len(devices)} devices; a "
+                "multi-process mesh must span every device (set one size to -1)"
+            )
+        devices = devices[: math.prod(sizes)]
+    if devices[0].platform == "tpu" and len(devices) == jax.device_count():
+        from jax.experimental import mesh_utils
+
+        return Mesh(mesh_utils.create_device_mesh(sizes, devices), MESH_AXES)
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Number of batch shards: the product of the mesh axes that "batch" maps to."""
+    return _mesh_size(mesh, LOGICAL_AXIS_RULES["batch"])
 
 
 def logical_to_spec(logical_axes: tuple[str | None, ...]) -> PartitionSpec:
@@ -115,3 +145,66 @@ def constrain(x: jax.Array, logical_axes: tuple[str | None, ...], mesh: Mesh | N
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Sharding of a batch-major input [B, ...]: B over the data-parallel axes."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (scalars, keys, small host-side tables)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def rows_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+    """Sharding of a batch-major activation input [B, ...]: split on B over (data, fsdp) when
+    the data-parallel size divides B, else replicated.
+
+    Only activations may fall back to replication (correct, just not data-parallel, e.g. the
+    few prompts of a prefill on a wide mesh); parameters never do (`sharding_for` raises).
+    """
+    if len(shape) == 0 or shape[0] % data_parallel_size(mesh):
+        return replicated(mesh)
+    return batch_sharding(mesh, len(shape))
+
+
+def abstract_params(cfg: ModelConfig) -> Any:
+    """jax.ShapeDtypeStruct of every parameter (the params tree, no memory)."""
+    from agrl.model.decoder import param_shapes
+
+    dtype = jnp.dtype(cfg.param_dtype)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, dtype),
+        param_shapes(cfg),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def model_param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
+    """NamedSharding of every parameter of a model config, without creating any array."""
+    from agrl.model.decoder import param_logical_axes
+
+    return param_shardings(abstract_params(cfg), param_logical_axes(cfg), mesh)
+
+
+def init_sharded_params(cfg: ModelConfig, key: jax.Array, mesh: Mesh) -> Any:
+    """Random params created shard by shard on their devices (jit with out_shardings): the
+    full model never exists on one device.  Equal to `init_params(cfg, key)` (threefry is
+    partitionable, so the draws do not depend on the mesh)."""
+    from agrl.model.decoder import init_params
+
+    init = jax.jit(partial(init_params, cfg), out_shardings=model_param_shardings(cfg, mesh))
+    return init(key)
+
+
+def place_params(params: Any, cfg: ModelConfig, mesh: Mesh) -> Any:
+    """Host (or single-device) params -> fresh arrays sharded by the rules table.
+
+    Leaf by leaf, each device receives only its slice (`make_array_from_callback`), in every
+    process of a multi-host run; the results never alias the inputs, so one host copy can
+    become both a donated policy and a frozen reference.  Used for Hugging Face imports
+    (load on the host CPU, then place).
+    """
+    shardings = model_param_shardings(cfg, mesh)
+
+    def put(leaf, sharding):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(put, params, shardings)

@@ -33,6 +33,13 @@ from agrl.data import (
     pad_right,
     verdict_array,
 )
+from agrl.distributed import (
+    init_sharded_train_state,
+    is_main_process,
+    load_on_host,
+    local_copy,
+    tree_to_host,
+)
 from agrl.format import parse_batch
 from agrl.guidance import from_state_dict, init_replay, to_state_dict
 from agrl.metrics_log import MetricsLogger
@@ -41,6 +48,7 @@ from agrl.policy_eval import evaluate_policy
 from agrl.rewards import fallback_message
 from agrl.rollout import BatchSampler, PromptPool, make_rl_context, rl_iteration
 from agrl.sampling import make_sampler
+from agrl.sharding import make_mesh, place_params
 from agrl.tokenizer import eos_ids, load_tokenizer
 from agrl.train_step import (
     init_train_state,
@@ -177,7 +185,8 @@ class Run:
 
     def __post_init__(self):
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep=2)
-        (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
+        if is_main_process():  # multi-process: process 0 writes every run file
+            (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
 
     def restore(self, arrays: Any, resume: bool) -> tuple[Any, dict | None]:
         """(arrays, host) restored from the latest checkpoint, or (arrays, None) for a new run."""
@@ -191,7 +200,13 @@ class Run:
         call (used by tests and by interrupted runs)."""
         last = self.total_steps if stop_after is None else min(self.total_steps, step0 + stop_after)
         nonfinite = 0
-        bar = tqdm(total=self.total_steps, initial=step0, desc=self.desc, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=step0,
+            desc=self.desc,
+            dynamic_ncols=True,
+            disable=not is_main_process(),
+        )
         try:
             for step in range(step0, last):
                 metrics = body(step)
@@ -243,7 +258,8 @@ def _final_eval(out: Path, params, cfg: Config, tok, records) -> dict:
     if not records:
         return {}
     metrics, _ = evaluate_policy(params, cfg, tok, records)
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float))
+    if is_main_process():
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float))
     return metrics
 
 
@@ -301,7 +317,11 @@ def _finish(run: Run, params, cfg: Config, tok, stop_after, step0) -> dict:
     done = stop_after is None or step0 + stop_after >= run.total_steps
     summary: dict[str, Any] = {"out": str(run.out), "complete": done}
     if done:
-        summary["model"] = str(_save_model(run.out, params, cfg, tok))
+        host = tree_to_host(params)  # a collective when params span several processes
+        summary["model"] = str(run.out / "model")
+        if is_main_process():
+            _save_model(run.out, host, cfg, tok)
+        params = params if jax.process_count() == 1 else local_copy(host)
         summary["eval"] = _final_eval(run.out, params, cfg, tok, _eval_records(cfg))
     run.ckpt.close()
     return summary
@@ -451,17 +471,22 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     if message:
         tqdm.write(message)
     key = jax.random.key(cfg.train.seed)
-    params, cfg = load_policy(cfg, key)
+    with load_on_host():  # read on the host CPU; each device then receives only its shards
+        params, cfg = load_policy(cfg, key)
+        ref_params = (
+            params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
+        )
     check_vocab(cfg, tok)
-    ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
-    ref_params = frozen_copy(ref_params)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
-    ctx = make_rl_context(cfg, pool, tok, optimizer, eos_ids(tok))
+    mesh = make_mesh(cfg.mesh)  # policy, reference, optimizer state and batches follow it
+    ref_params = place_params(ref_params, cfg.model, mesh)  # fresh buffers: never donated
+    ctx = make_rl_context(cfg, pool, tok, optimizer, eos_ids(tok), mesh=mesh)
     run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
     batches = BatchSampler(len(pool), cfg.train.seed)
     replay = init_replay(len(pool))
+    params = place_params(params, cfg.model, mesh)
     arrays = {
-        "train": init_train_state(params, optimizer),
+        "train": init_sharded_train_state(params, cfg.model, optimizer, mesh),
         "key": _key_data(key),
         "replay": to_state_dict(replay),
     }
@@ -474,11 +499,15 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     state = arrays["train"]
     base_key = jax.random.wrap_key_data(arrays["key"])
     eval_records = _eval_records(cfg)
-    logger = MetricsLogger(out, resume_step=step0 if host is not None else None)
+    logger = MetricsLogger(
+        out, resume_step=step0 if host is not None else None, enabled=is_main_process()
+    )
 
     def maybe_eval(step: int, params) -> dict:
         if not eval_records or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
             return {}
+        if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
+            params = local_copy(tree_to_host(params))
         m, _ = evaluate_policy(params, cfg, tok, eval_records)
         row = {"step": step, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
         if "accuracy_by_type" in m:
@@ -517,6 +546,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     if summary["complete"] and summary.get("eval"):
         evals.append({"step": cfg.train.steps, "macro_f1": summary["eval"]["macro_f1"],
                       "accuracy": summary["eval"]["accuracy"]})  # fmt: skip
-    (out / "evals.json").write_text(json.dumps(evals, indent=2, default=float))
+    if is_main_process():
+        (out / "evals.json").write_text(json.dumps(evals, indent=2, default=float))
     summary["evals"] = evals
     return summary
