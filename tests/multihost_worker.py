@@ -102,6 +102,10 @@ def main(argv: list[str]) -> None:
     import jax
 
     assert jax.process_count() == 2 and jax.local_device_count() == 4
+    # The resumed run_rl builds new jitted functions; a persistent cache (one per process)
+    # spares their second compilation.
+    jax.config.update("jax_compilation_cache_dir", f"{out}.jax_cache{jax.process_index()}")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     register_lenient_reward()
     run_two_steps_with_resume(world, init, out, mesh)
     print(f"process {jax.process_index()} done", flush=True)
