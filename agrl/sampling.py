@@ -20,7 +20,8 @@ get the same quantity (SPEC 5 recomputes their old logps by a forward pass anywa
 Speed (docs/benchmarks.md): the loop body works on per-layer weights sliced and fused
 (qkv -> one matmul, gate/up -> one matmul) once per call outside the loop; the cache is a
 tuple of per-layer [N, K, C, Hd] buffers written in place; the key mask [N, C] is carried and
-updated one slot per step; sampling draws one uniform per row (inverse CDF), not V Gumbels.
+updated one slot per step; sampling draws one uniform per row (inverse CDF), not V Gumbels;
+the last token is emitted after the loop, so T tokens cost T - 1 decode forwards.
 """
 
 from __future__ import annotations
@@ -186,12 +187,8 @@ def _sample_core(
     dp = _decode_params(params, cfg)
     eos_arr = jnp.asarray(eos, jnp.int32)
 
-    def cond(state):
-        t, done = state[0], state[5]
-        return (t < T) & ~jnp.all(done)
-
-    def body(state):
-        t, logits, kv, kv_mask, out, done = state
+    def emit(t, logits, out, done):
+        """Sample (or force) token t of every row from logits [N, V] and record it."""
         tokens, logps, gen, forced = out
         step_key = jax.random.fold_in(key, t)
         sampled = sample_logits(
@@ -211,6 +208,18 @@ def _sample_core(
             col(forced, live & is_forced),
         )
         done = done | (live & jnp.any(tok[:, None] == eos_arr[None, :], axis=-1))
+        return tok, live, out, done
+
+    # The loop emits tokens 0..T-2 and feeds each through the model; token T-1 is emitted
+    # after the loop from the last logits, so no forward pass is spent on a token whose
+    # logits nobody reads (1/T of the decode work).
+    def cond(state):
+        t, done = state[0], state[5]
+        return (t < T - 1) & ~jnp.all(done)
+
+    def body(state):
+        t, logits, kv, kv_mask, out, done = state
+        tok, live, out, done = emit(t, logits, out, done)
         slot = P + t
         kv_mask = jax.lax.dynamic_update_slice(kv_mask, live[:, None], (0, slot))
         logits, kv = decode_step(dp, cfg, tok, prompt_len + t, kv_mask, kv, slot)
@@ -223,10 +232,14 @@ def _sample_core(
         jnp.zeros((N, T), bool),
     )
     state = (jnp.int32(0), logits, kv, kv_mask, out0, jnp.zeros((N,), bool))
-    state = jax.lax.while_loop(cond, body, state)
-    tokens, logps, gen, forced = state[4]
+    t, logits, _, _, out, done = jax.lax.while_loop(cond, body, state)
+    # Column t: the last token when the loop ran to T - 1, else (every row done) a no-op
+    # write of padding; it counts as a step only if some row was still live.
+    steps = t + jnp.any(~done).astype(jnp.int32)
+    _, _, out, _ = emit(t, logits, out, done)
+    tokens, logps, gen, forced = out
     lengths = jnp.sum(gen, axis=-1).astype(jnp.int32)
-    return SampleOutput(tokens, logps, gen, forced, lengths, state[0])
+    return SampleOutput(tokens, logps, gen, forced, lengths, steps)
 
 
 @dataclass

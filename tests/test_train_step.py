@@ -111,19 +111,18 @@ def _rl_batch(state, advantages):
     )
 
 
-def test_rl_step_zero_advantage_and_reference_policy_leave_params_unchanged():
+def test_rl_step_zero_advantage_and_reference_policy_give_zero_gradient():
     """A = 0 everywhere and policy == reference: the surrogate and the k3 KL both have zero
-    gradient, so AdamW (no weight decay) moves nothing."""
+    gradient.  The reference logps come from a separately compiled forward (make_logps_fn),
+    whose fusion differs from the one inside the differentiated step, so they agree to float
+    rounding (~1e-7), not bit for bit: the gradient is zero to that precision (AdamW would
+    normalise such noise into lr-sized steps, so params equality is not the check)."""
     state, opt = _state()
-    before = jax.tree.map(np.asarray, state.params)
     batch = _rl_batch(state, [0.0, 0.0, 0.0, 0.0])
     step = make_rl_step(CFG, LossConfig(), GuidanceConfig(), opt)
     state, m = step(state, batch)
     assert float(m["grad_norm"]) < 1e-6
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, np.asarray(b), atol=1e-7), before,
-        state.params,
-    )  # fmt: skip
+    assert abs(float(m["loss"])) < 1e-6
 
 
 @pytest.mark.parametrize("mu", [1, 2])

@@ -1,7 +1,9 @@
 """One decoder for Llama, Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm), as pure functions (SPEC 9).
 
 Params are a nested dict of arrays; per-layer weights are stacked on a leading [L] axis so the
-training forward is one `lax.scan` over layers (compile time independent of depth).
+training forward is one `lax.scan` over layers (compile time independent of depth; fully
+unrolled up to UNROLL_MAX_LAYERS layers, which is faster on CPU). Every projection is one 2-D
+matmul over the flattened tokens, q|k|v and gate|up fused (see `_matmul` for why).
 `param_logical_axes(cfg)` is a parallel pytree of logical axis names that agrl.sharding maps
 to the (data, fsdp, tensor) mesh.
 
@@ -30,6 +32,7 @@ from agrl.config import ModelConfig
 from agrl.sharding import constrain
 
 Params = dict[str, Any]
+UNROLL_MAX_LAYERS = 8  # deeper models scan rolled (compile time independent of depth)
 MASK_VALUE = -1e30  # finite: a query row with no valid key gives a uniform softmax, not NaN
 
 
@@ -126,21 +129,27 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     return (w.astype(jnp.float32) * y).astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding, HF "rotate_half" convention.  x: [B, S, n, Hd]; positions: [B, S].
-
-    inv_freq_j = theta^(-2j/Hd); angle = pos * inv_freq (duplicated over both halves);
-    y = x * cos + rotate_half(x) * sin, rotate_half([a, b]) = [-b, a].
-    """
-    hd = x.shape[-1]
+def rope_tables(positions: jax.Array, hd: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [B, S, 1, Hd] f32 of the rotary angles, computed once per forward and shared by
+    every layer (and by q and k).  inv_freq_j = theta^(-2j/Hd); angle = pos * inv_freq,
+    duplicated over both halves (HF "rotate_half" convention)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
     ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, Hd/2]
-    cos = jnp.cos(jnp.concatenate([ang, ang], -1))[:, :, None, :]
-    sin = jnp.sin(jnp.concatenate([ang, ang], -1))[:, :, None, :]
+    ang = jnp.concatenate([ang, ang], -1)[:, :, None, :]
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """y = x * cos + rotate_half(x) * sin, rotate_half([a, b]) = [-b, a].  x: [B, S, n, Hd]."""
+    half = x.shape[-1] // 2
     xf = x.astype(jnp.float32)
-    x1, x2 = xf[..., : hd // 2], xf[..., hd // 2 :]
-    rot = jnp.concatenate([-x2, x1], axis=-1)
+    rot = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
     return (xf * cos + rot * sin).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding of x [B, S, n, Hd] at positions [B, S] (see `rope_tables`)."""
+    return apply_rope(x, *rope_tables(positions, x.shape[-1], theta))
 
 
 class KVCache(NamedTuple):
@@ -182,40 +191,73 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> j
     return o.reshape(B, S, H, Hd).astype(q.dtype)
 
 
-def qkv(lp: Params, cfg: ModelConfig, h: jax.Array, positions: jax.Array):
-    """Projections, bias, q/k norm, RoPE.  h: [B, S, D] -> q [B,S,H,Hd], k, v [B,S,K,Hd]."""
-    q = jnp.einsum("bsd,dhe->bshe", h, lp["wq"])
-    k = jnp.einsum("bsd,dhe->bshe", h, lp["wk"])
-    v = jnp.einsum("bsd,dhe->bshe", h, lp["wv"])
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., Din] @ w [Din, Dout] as one 2-D matmul over the flattened leading dims.
+
+    Why 2-D: XLA CPU differentiates a 3-D einsum ("bsd,df->bsf") into weight gradients that
+    contract two dims at once and materialises strided transposes of the [B*S, F]
+    activations for them (about 40% of a training step at the benchmark shape); the 2-D form
+    gets plain transposed-operand matmuls.
+    """
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), w)
+    return y.reshape(*x.shape[:-1], w.shape[-1])
+
+
+def qkv(lp: Params, cfg: ModelConfig, h: jax.Array, rope_cs: tuple[jax.Array, jax.Array]):
+    """Projections, bias, q/k norm, RoPE.  h: [B, S, D] -> q [B,S,H,Hd], k, v [B,S,K,Hd].
+
+    q, k and v come out of one fused [D, (H + 2K) Hd] matmul (one pass over h, one weight
+    gradient matmul); rope_cs are the `rope_tables` of the positions.
+    """
+    B, S, D = h.shape
+    H, K, Hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    w = jnp.concatenate(
+        [lp["wq"].reshape(D, H * Hd), lp["wk"].reshape(D, K * Hd), lp["wv"].reshape(D, K * Hd)],
+        axis=-1,
+    )
+    y = _matmul(h, w)  # [B, S, (H + 2K) Hd]
+    q = y[..., : H * Hd].reshape(B, S, H, Hd)
+    k = y[..., H * Hd : (H + K) * Hd].reshape(B, S, K, Hd)
+    v = y[..., (H + K) * Hd :].reshape(B, S, K, Hd)
     if cfg.qkv_bias:
         q, k, v = q + lp["bq"], k + lp["bk"], v + lp["bv"]
     if cfg.qk_norm:
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
-    return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+    return apply_rope(q, *rope_cs), apply_rope(k, *rope_cs), v
 
 
 def mlp(lp: Params, h: jax.Array) -> jax.Array:
-    """SwiGLU: (silu(h W_gate) * h W_up) W_down.  h: [B, S, D] -> [B, S, D]."""
-    g = jnp.einsum("bsd,df->bsf", h, lp["w_gate"])
-    u = jnp.einsum("bsd,df->bsf", h, lp["w_up"])
-    return jnp.einsum("bsf,fd->bsd", jax.nn.silu(g) * u, lp["w_down"])
+    """SwiGLU: (silu(h W_gate) * h W_up) W_down.  h: [B, S, D] -> [B, S, D].  Gate and up
+    are one fused [D, 2F] matmul."""
+    F = lp["w_gate"].shape[-1]
+    gu = _matmul(h, jnp.concatenate([lp["w_gate"], lp["w_up"]], axis=-1))
+    return _matmul(jax.nn.silu(gu[..., :F]) * gu[..., F:], lp["w_down"])
 
 
-def block(lp, cfg, x, positions, allowed, kv_write):
-    """One pre-norm layer.  x: [B, S, D]; allowed: [B, S, C] bool.
+def block(lp, cfg, x, rope_cs, allowed, kv_write):
+    """One pre-norm layer.  x: [B, S, D]; allowed: [B, S, C] bool; rope_cs: `rope_tables`.
 
     kv_write(k [B,K,S,Hd], v) -> (k_all [B,K,C,Hd], v_all): how new keys join the keys
     attended to (identity without a cache; an in-place slot write with one).
     Returns (x', k_all, v_all).
     """
+    B, S, D = x.shape
     h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
-    q, k, v = qkv(lp, cfg, h, positions)
+    q, k, v = qkv(lp, cfg, h, rope_cs)
     k_all, v_all = kv_write(k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
-    o = attention(q, k_all, v_all, allowed)
-    x = x + jnp.einsum("bshe,hed->bsd", o, lp["wo"])
+    o = attention(q, k_all, v_all, allowed)  # [B, S, H, Hd]
+    x = x + _matmul(o.reshape(B, S, -1), lp["wo"].reshape(-1, D))
     x = x + mlp(lp, rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps))
     return x, k_all, v_all
+
+
+def _unroll(cfg: ModelConfig) -> int:
+    """Layers unrolled per scan iteration: all of them for shallow models.  A rolled scan
+    makes XLA stack every layer's residuals into zero-initialised [L, ...] buffers for the
+    backward pass and slice weights per iteration (about 10% of a training step of the tiny
+    model); unrolling removes that, and compile time stays small up to about 8 layers."""
+    return cfg.num_layers if cfg.num_layers <= UNROLL_MAX_LAYERS else 1
 
 
 def _cast(params: Params, cfg: ModelConfig) -> Params:
@@ -243,15 +285,16 @@ def hidden_states(
     act = ("batch", "length", "act_embed")
     x = constrain(p["embed"][ids], act, mesh)  # [B, S, D]
     S = ids.shape[1]
+    rope_cs = rope_tables(positions, cfg.head_dim, cfg.rope_theta)  # shared by all layers
     if cache is None:
         idx = jnp.arange(S)
         allowed = mask[:, None, :] & (idx[None, :, None] >= idx[None, None, :])
 
         def step(x, lp):
-            x, _, _ = block(lp, cfg, x, positions, allowed, lambda k, v: (k, v))
+            x, _, _ = block(lp, cfg, x, rope_cs, allowed, lambda k, v: (k, v))
             return constrain(x, act, mesh), None
 
-        x, _ = jax.lax.scan(step, x, p["layers"])
+        x, _ = jax.lax.scan(step, x, p["layers"], unroll=_unroll(cfg))
         return rms_norm(x, p["final_norm"], cfg.rms_norm_eps), None
 
     C = cache.mask.shape[1]
@@ -270,10 +313,10 @@ def hidden_states(
                 jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), at),
             )
 
-        x, kc, vc = block(lp, cfg, x, positions, allowed, write)
+        x, kc, vc = block(lp, cfg, x, rope_cs, allowed, write)
         return constrain(x, act, mesh), (kc, vc)
 
-    x, (k_new, v_new) = jax.lax.scan(step, x, (p["layers"], cache.k, cache.v))
+    x, (k_new, v_new) = jax.lax.scan(step, x, (p["layers"], cache.k, cache.v), unroll=_unroll(cfg))
     new_cache = KVCache(k_new, v_new, kv_mask, cache.index + S)
     return rms_norm(x, p["final_norm"], cfg.rms_norm_eps), new_cache
 
