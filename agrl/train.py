@@ -270,11 +270,7 @@ def _final_eval(out: Path, params, cfg: Config, tok, records) -> dict:
 def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """Supervised fine-tuning on the `response` field of paths.train_data."""
     cfg = resolve_paths(cfg, "sft")
-    out, tok, order = (
-        Path(cfg.paths.out),
-        load_tokenizer(cfg.paths.tokenizer),
-        cfg.train.response_order,
-    )
+    tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
     records = load_records(cfg.paths.train_data)
     texts = [r.get("response") or r.get("gold_response") for r in records]
     if any(t is None for t in texts):
@@ -284,29 +280,47 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     params, cfg = load_policy(cfg, key)
     check_vocab(cfg, tok)
     optimizer = make_optimizer(_optim(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps)
-    run = Run(cfg, out, cfg.sft.steps, max(1, cfg.train.ckpt_every), "sft")
-    batches = BatchSampler(len(records), cfg.train.seed)
-    arrays = {"train": init_train_state(params, optimizer), "key": _key_data(key)}
+    sft_step = make_sft_step(cfg.model, optimizer)
+    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+
+    def step(state, idx):
+        return sft_step(state, dict(zip(names, (a[idx] for a in arrays_np), strict=True)))
+
+    return _run_supervised(
+        cfg, tok, "sft", cfg.sft.steps, params, optimizer, len(records), cfg.sft.batch_size,
+        step, resume, stop_after,
+    )  # fmt: skip
+
+
+def _run_supervised(
+    cfg: Config, tok, desc: str, total_steps: int, params, optimizer, n_examples: int,
+    batch_size: int, step, resume: bool, stop_after: int | None, post=None,
+) -> dict:  # fmt: skip
+    """The SFT / DPO loop: shuffled batches of example indices fed to step(state, idx),
+    with checkpoints, resume, metrics and the final export + evaluation."""
+    run = Run(cfg, Path(cfg.paths.out), total_steps, max(1, cfg.train.ckpt_every), desc)
+    batches = BatchSampler(n_examples, cfg.train.seed)
+    key_data = _key_data(jax.random.key(cfg.train.seed))
+    arrays = {"train": init_train_state(params, optimizer), "key": key_data}
     arrays, host = run.restore(arrays, resume)
     step0 = 0 if host is None else int(host["step"])
     if host is not None:
         batches.load_state_dict(host["batches"])
     state = arrays["train"]
-    step_fn = make_sft_step(cfg.model, optimizer)
-    logger = MetricsLogger(out, resume_step=step0 if host is not None else None)
+    logger = MetricsLogger(
+        run.out, resume_step=None if host is None else step0, enabled=is_main_process()
+    )
 
-    def body(step):
+    def body(i):
         nonlocal state
-        idx, _ = batches.next(cfg.sft.batch_size, None, 0.0, 0.0)
-        batch = dict(zip(("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"),
-                         (a[idx] for a in arrays_np), strict=True))  # fmt: skip
-        state, m = step_fn(state, batch)
+        idx, _ = batches.next(batch_size, None, 0.0, 0.0)
+        state, m = step(state, idx)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
-        return m
+        return m if post is None else post(m)
 
-    def save(step):
-        run.ckpt.save(step, {"train": state, "key": arrays["key"]},
-                      {"step": step, "batches": batches.state_dict()})  # fmt: skip
+    def save(i):
+        run.ckpt.save(i, {"train": state, "key": arrays["key"]},
+                      {"step": i, "batches": batches.state_dict()})  # fmt: skip
 
     run.loop(step0, stop_after, body, save, logger)
     logger.close()
@@ -419,34 +433,21 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
         np.savez(pairs_file, **pairs)
         (out / "pairs.json").write_text(json.dumps(stats, indent=2))
     optimizer = make_optimizer(_optim(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps)
-    run = Run(cfg, out, cfg.dpo.steps, max(1, cfg.train.ckpt_every), "dpo")
-    batches = BatchSampler(len(pairs["prompt_ids"]), cfg.train.seed)
-    arrays = {"train": init_train_state(params, optimizer), "key": _key_data(key)}
-    arrays, host = run.restore(arrays, resume)
-    step0 = 0 if host is None else int(host["step"])
-    if host is not None:
-        batches.load_state_dict(host["batches"])
-    state = arrays["train"]
-    step_fn = make_dpo_step(cfg.model, cfg.loss, optimizer)
-    logger = MetricsLogger(out, resume_step=step0 if host is not None else None)
+    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer)
     bs = min(cfg.dpo.batch_size, len(pairs["prompt_ids"]))
 
-    def body(step):
-        nonlocal state
-        idx, _ = batches.next(bs, None, 0.0, 0.0)
-        state, m = step_fn(state, ref_params, {k: v[idx] for k, v in pairs.items()})
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
+    def step(state, idx):
+        return dpo_step(state, ref_params, {k: v[idx] for k, v in pairs.items()})
+
+    def post(m):
         m["reward_accuracy"] = m.pop("accuracy_sum") / bs
         m["margin"] = m.pop("margin_sum") / bs
         return m
 
-    def save(step):
-        run.ckpt.save(step, {"train": state, "key": arrays["key"]},
-                      {"step": step, "batches": batches.state_dict()})  # fmt: skip
-
-    run.loop(step0, stop_after, body, save, logger)
-    logger.close()
-    summary = _finish(run, state.params, cfg, tok, stop_after, step0)
+    summary = _run_supervised(
+        cfg, tok, "dpo", cfg.dpo.steps, params, optimizer, len(pairs["prompt_ids"]), bs, step,
+        resume, stop_after, post,
+    )  # fmt: skip
     summary["mining"] = stats
     return summary
 
