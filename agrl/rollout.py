@@ -192,7 +192,10 @@ def rl_iteration(
     B, N = len(batch_idx), len(batch_idx) * G
     t0 = time.perf_counter()
     seqs = [pool.prompt_ids[i] for i in batch_idx]
-    prompt_ids, prompt_mask = pad_left(seqs, max(len(x) for x in seqs), ctx.pad_id)
+    # Pad to the sampler's length bucket, so that sampling, log-probs and the update all
+    # see one shape per bucket and compile once (not once per longest prompt).
+    bucket = ctx.sampler.bucket(max(len(x) for x in seqs))
+    prompt_ids, prompt_mask = pad_left(seqs, bucket, ctx.pad_id)
     k_sample, k_guided = jax.random.split(key)
 
     # 1. G unguided samples per prompt.

@@ -189,8 +189,17 @@ class Run:
             (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
 
     def restore(self, arrays: Any, resume: bool) -> tuple[Any, dict | None]:
-        """(arrays, host) restored from the latest checkpoint, or (arrays, None) for a new run."""
-        if not resume or self.ckpt.latest_step() is None:
+        """(arrays, host) restored from the latest checkpoint, or (arrays, None) for a new run.
+
+        A new run refuses a directory that already holds checkpoints: mixing two runs'
+        metrics and checkpoints would make a later --resume continue the wrong one."""
+        latest = self.ckpt.latest_step()
+        if not resume and latest is not None:
+            raise RunError(
+                f"{self.out} already holds a run (checkpoint at step {latest}); "
+                "continue it with --resume or choose another --out"
+            )
+        if latest is None:
             return arrays, None
         return self.ckpt.restore(target=arrays)
 
@@ -468,6 +477,12 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
             "record; disable it with guidance.enabled=false"
         )
     pool = build_pool(records, tok, order)
+    longest = max(len(p) for p in pool.prompt_ids)
+    if longest > cfg.sampling.prompt_buckets[-1]:
+        raise RunError(
+            f"{cfg.paths.train_data}: a prompt has {longest} tokens, more than the largest "
+            f"bucket sampling.prompt_buckets={cfg.sampling.prompt_buckets}; add a larger bucket"
+        )
     message = fallback_message(pool.has_verdicts)
     if message:
         tqdm.write(message)

@@ -160,3 +160,11 @@ def test_run_stops_with_a_checkpoint_after_consecutive_nonfinite_steps(tmp_path)
     rows = read_metrics(tmp_path)
     assert [r["nonfinite_streak"] for r in rows] == [0, 1, 0, 1, 2, 3]
     assert all(r["loss"] is None and r["nonfinite"] == ["loss"] for r in rows)
+
+
+def test_a_new_run_refuses_a_directory_with_checkpoints(world, sft_model):
+    cfg = load_config(
+        None, TINY + [f"paths.world={world}", f"paths.out={sft_model['out']}", "sft.steps=4"]
+    )
+    with pytest.raises(RunError, match="already holds a run .* --resume"):
+        run_sft(cfg)
