@@ -7,14 +7,12 @@ that conftest sets for the rest of the suite is removed from its environment.
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+from conftest import user_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = (
@@ -27,21 +25,12 @@ MIN_FIGURES = {NOTEBOOKS[0]: 4, NOTEBOOKS[1]: 3, NOTEBOOKS[2]: 2}
 CELL_TIMEOUT_S = 900
 
 
-def _clean_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as on a user's machine
-    env["JAX_PLATFORMS"] = "cpu"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["MPLBACKEND"] = "Agg"
-    return env
-
-
 def _kernel_env(tmp: Path) -> dict[str, str]:
     """The kernel's environment; installs a python3 kernelspec for this interpreter into a
     temporary directory when none is visible (a clean clone registers nothing globally)."""
     from jupyter_client.kernelspec import find_kernel_specs
 
-    env = _clean_env()
+    env = user_env()
     env["TQDM_DISABLE"] = "1"  # no progress bars in the executed cells
     if "python3" not in find_kernel_specs():
         from ipykernel.kernelspec import install
@@ -51,16 +40,6 @@ def _kernel_env(tmp: Path) -> dict[str, str]:
         env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [extra, env.get("JUPYTER_PATH")]))
         os.environ["JUPYTER_PATH"] = env["JUPYTER_PATH"]  # the client looks the spec up here
     return env
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reproduce_quick")
-    cmd = [sys.executable, "-m", "agrl.cli", "reproduce", "--quick", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_clean_env(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (out / "results.json").exists()
-    return out
 
 
 @pytest.mark.slow

@@ -62,9 +62,8 @@ def _finite(x) -> bool:
 
 
 @pytest.mark.slow
-def test_quick_reproduce_end_to_end(tmp_path):
-    plan = build_plan(quick=True, out=tmp_path)
-    run_reproduce(plan)
+def test_quick_reproduce_end_to_end(quick_run):
+    tmp_path = quick_run  # `agrl reproduce --quick --out DIR`, run once per session (conftest)
     for name in ("results.json", "results.md", "run.json"):
         assert (tmp_path / name).stat().st_size > 0
     for name in (
@@ -91,6 +90,6 @@ def test_quick_reproduce_end_to_end(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "Oracle SFT" in md and "pass@" in md
     # a rerun on the same directory reuses every stage
-    run_reproduce(plan)
+    run_reproduce(build_plan(quick=True, out=tmp_path))
     run = json.loads((tmp_path / "run.json").read_text())
     assert all(v["reused"] for v in run["wall_seconds"].values())
