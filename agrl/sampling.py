@@ -18,10 +18,12 @@ temperature tau (tau = 1 for greedy), before top-k / top-p truncation: exactly
 get the same quantity (SPEC 5 recomputes their old logps by a forward pass anyway).
 
 Speed (docs/benchmarks.md): the loop body works on per-layer weights sliced and fused
-(qkv -> one matmul, gate/up -> one matmul) once per call outside the loop; the cache is a
-tuple of per-layer [N, K, C, Hd] buffers written in place; the key mask [N, C] is carried and
-updated one slot per step; sampling draws one uniform per row (inverse CDF), not V Gumbels;
-the last token is emitted after the loop, so T tokens cost T - 1 decode forwards.
+(qkv -> one matmul, gate/up -> one matmul) once per call outside the loop; the prompt's
+keys/values stay once per prompt ([B, K, P, Hd], attended by the G rows' queries together)
+and the generated tokens' are a tuple of per-layer [N, K, T, Hd] buffers written in place,
+the two blocks merged by max/sum rescaling (one softmax); the generated-key mask [N, T] is
+carried and updated one slot per step; sampling draws one uniform per row (inverse CDF), not
+V Gumbels; the last token is emitted after the loop, so T tokens cost T - 1 decode forwards.
 """
 
 from __future__ import annotations
@@ -124,20 +126,43 @@ def _rope_1(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos + rot * sin).astype(x.dtype)
 
 
-def decode_step(dp, cfg: ModelConfig, tok, pos, kv_mask, cache, slot):
-    """One token per row through the model.  tok, pos: [N] int32; kv_mask: [N, C] bool (slot
-    `slot` already marked valid); cache: tuple over layers of (k, v) [N, K, C, Hd].
+def _attend(q, kc, vc, bias):
+    """Unnormalised attention of q [M, K, R, Hd] over kc, vc [M, K, S, Hd] with additive
+    bias [M, 1, 1, S]: (max m [M, K, R, 1], sum_s e_s [M, K, R, 1], sum_s e_s v_s
+    [M, K, R, Hd]) with e_s = exp(score_s - m), scores in f32."""
+    s = jnp.einsum("mkrd,mksd->mkrs", q, kc, preferred_element_type=jnp.float32) + bias
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - m)
+    o = jnp.einsum("mkrs,mksd->mkrd", e.astype(vc.dtype), vc, preferred_element_type=jnp.float32)
+    return m, jnp.sum(e, axis=-1, keepdims=True), o
+
+
+def decode_step(dp, cfg: ModelConfig, tok, pos, prompt_kv, prompt_bias, cache, gen_bias, slot):
+    """One token per row through the model.  tok, pos: [N] int32.
+
+    The keys are split in two blocks, merged by the usual max/sum rescaling (one softmax over
+    both): the prompt's, prompt_kv = tuple over layers of (k, v) [B, K, P, Hd] stored once
+    per prompt (not per row; rows b*G .. b*G+G-1 share prompt b) with prompt_bias
+    [B, 1, 1, P] (0 / MASK_VALUE), attended by the G x Q queries of a prompt as one matmul;
+    and the generated tokens', cache = tuple over layers of (k, v) [N, K, T, Hd] with
+    gen_bias [N, 1, 1, T] (slot `slot` already marked valid).
     Returns (logits [N, V] f32, cache with slot `slot` written)."""
     H, K, Hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    Q = H // K
     N = tok.shape[0]
+    B = prompt_bias.shape[0]
+    G = N // B
     inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, Hd, 2, dtype=jnp.float32) / Hd))
     ang = pos.astype(jnp.float32)[:, None] * inv_freq
     ang = jnp.concatenate([ang, ang], -1)[:, None, :]  # [N, 1, Hd], shared by all layers
     cos, sin = jnp.cos(ang), jnp.sin(ang)
-    bias = jnp.where(kv_mask, 0.0, MASK_VALUE)[:, None, None, :]  # [N, 1, 1, C]
     x = dp["embed"][tok]  # [N, D]
     new_cache = []
-    for lp, (kc, vc) in zip(dp["layers"], cache, strict=True):
+
+    def per_row(a):  # [B, K, G*Q, X] -> [N, K, Q, X]
+        return a.reshape(B, K, G, Q, -1).transpose(0, 2, 1, 3, 4).reshape(N, K, Q, -1)
+
+    for lp, (pk, pv), (kc, vc) in zip(dp["layers"], prompt_kv, cache, strict=True):
         h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps)
         qkv = h @ lp["wqkv"]
         if cfg.qkv_bias:
@@ -152,10 +177,13 @@ def decode_step(dp, cfg: ModelConfig, tok, pos, kv_mask, cache, slot):
         kc = jax.lax.dynamic_update_slice(kc, k[:, :, None, :].astype(kc.dtype), (0, 0, slot, 0))
         vc = jax.lax.dynamic_update_slice(vc, v[:, :, None, :].astype(vc.dtype), (0, 0, slot, 0))
         new_cache.append((kc, vc))
-        qg = q.reshape(N, K, H // K, Hd)
-        s = jnp.einsum("nkqd,nkcd->nkqc", qg, kc, preferred_element_type=jnp.float32)
-        p = jax.nn.softmax(s * (Hd**-0.5) + bias, axis=-1).astype(vc.dtype)
-        o = jnp.einsum("nkqc,nkcd->nkqd", p, vc, preferred_element_type=jnp.float32)
+        qg = (q * (Hd**-0.5)).reshape(N, K, Q, Hd)
+        qb = qg.reshape(B, G, K, Q, Hd).transpose(0, 2, 1, 3, 4).reshape(B, K, G * Q, Hd)
+        m_p, l_p, o_p = (per_row(a) for a in _attend(qb, pk, pv, prompt_bias))
+        m_g, l_g, o_g = _attend(qg, kc, vc, gen_bias)
+        m = jnp.maximum(m_p, m_g)
+        a_p, a_g = jnp.exp(m_p - m), jnp.exp(m_g - m)
+        o = (a_p * o_p + a_g * o_g) / (a_p * l_p + a_g * l_g)
         x = x + o.reshape(N, H * Hd).astype(x.dtype) @ lp["wo"]
         gu = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps) @ lp["w_gu"]
         F = gu.shape[-1] // 2
@@ -170,19 +198,25 @@ def _sample_core(
 ):
     """Traced body of the sampler; shapes as in the module docstring, P = the bucket length."""
     B, P = prompt_ids.shape
-    N, C = B * G, P + T
+    N = B * G
     tau = scfg.temperature if scfg.temperature > 0 else 1.0
 
     # Prefill: each prompt once, then its cache and last logits are copied to its G rows.
     mask = prompt_mask.astype(bool)
     h, cache = hidden_states(
-        params, cfg, prompt_ids, positions_from_mask(mask), mask, init_cache(cfg, B, C)
+        params, cfg, prompt_ids, positions_from_mask(mask), mask, init_cache(cfg, B, P)
     )
     logits = logits_from_hidden(params, cfg, h[:, -1])  # [B, V]
     rep = lambda a, axis=0: jnp.repeat(a, G, axis=axis)  # noqa: E731
     logits = rep(logits)
-    kv = tuple((rep(cache.k[i]), rep(cache.v[i])) for i in range(cfg.num_layers))
-    kv_mask = rep(cache.mask)
+    # The prompt's keys/values stay once per prompt (decode_step attends to them with the G
+    # rows' queries together); generated tokens get their own [N, K, T, Hd] cache.
+    prompt_kv = tuple((cache.k[i], cache.v[i]) for i in range(cfg.num_layers))
+    prompt_bias = jnp.where(mask, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1, 1, P]
+    dt = jnp.dtype(cfg.compute_dtype)
+    gshape = (N, cfg.num_kv_heads, T, cfg.head_dim)
+    kv = tuple((jnp.zeros(gshape, dt), jnp.zeros(gshape, dt)) for _ in range(cfg.num_layers))
+    kv_mask = jnp.zeros((N, T), bool)
     prompt_len = rep(jnp.sum(mask, axis=-1).astype(jnp.int32))
     dp = _decode_params(params, cfg)
     eos_arr = jnp.asarray(eos, jnp.int32)
@@ -220,9 +254,11 @@ def _sample_core(
     def body(state):
         t, logits, kv, kv_mask, out, done = state
         tok, live, out, done = emit(t, logits, out, done)
-        slot = P + t
-        kv_mask = jax.lax.dynamic_update_slice(kv_mask, live[:, None], (0, slot))
-        logits, kv = decode_step(dp, cfg, tok, prompt_len + t, kv_mask, kv, slot)
+        kv_mask = jax.lax.dynamic_update_slice(kv_mask, live[:, None], (0, t))
+        gen_bias = jnp.where(kv_mask, 0.0, MASK_VALUE)[:, None, None, :]
+        logits, kv = decode_step(
+            dp, cfg, tok, prompt_len + t, prompt_kv, prompt_bias, kv, gen_bias, t
+        )
         return t + 1, logits, kv, kv_mask, out, done
 
     out0 = (
