@@ -163,12 +163,13 @@ def test_sharded_sampler_same_tokens_and_kv_cache_split(setup, shape):
     np.testing.assert_array_equal(to_host(out.tokens), np.asarray(ref.tokens))
     assert np.abs(to_host(out.logps) - np.asarray(ref.logps)).max() <= 1e-5
     assert out.tokens.sharding.spec[0] == ("data", "fsdp")
-    # The decode loop carries per-device caches [N/(data*fsdp), K/tensor, C, Hd].
-    N, K, C, Hd = 4 * scfg.group_size, cfg.num_kv_heads, 16 + scfg.max_new_tokens, cfg.head_dim
+    # The decode loop carries per-device caches of the generated tokens
+    # [N/(data*fsdp), K/tensor, T, Hd] (the prompt's keys/values are kept once per prompt).
+    N, K, T, Hd = 4 * scfg.group_size, cfg.num_kv_heads, scfg.max_new_tokens, cfg.head_dim
     dp, tp = shape[0] * shape[1], shape[2]
     hlo = sampler.lower(params, ids, mask, key).compile().as_text()
-    assert re.search(rf"f32\[{N // dp},{K // tp},{C},{Hd}\]", hlo)
-    assert not re.search(rf"f32\[{N},{K},{C},{Hd}\]", hlo)
+    assert re.search(rf"f32\[{N // dp},{K // tp},{T},{Hd}\]", hlo)
+    assert not re.search(rf"f32\[{N},{K},{T},{Hd}\]", hlo)
 
 
 # ---------------------------------------------------------------------------------------
