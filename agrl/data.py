@@ -169,6 +169,13 @@ def encode_responses(tok, texts: Sequence[str]) -> list[list[int]]:
     return [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in texts]
 
 
+def decode_completions(tok, tokens, mask) -> list[str]:
+    """Texts of sampled completions: row i is decode(tokens[i][mask[i]]) (eos kept; the
+    parser tolerates it).  tokens, mask: [N, T] host arrays."""
+    rows = [np.asarray(t)[np.asarray(m, bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
+    return tok.batch_decode(rows, skip_special_tokens=False)
+
+
 def _pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int, left: bool):
     ids = np.full((len(seqs), length), pad_id, dtype=np.int32)
     mask = np.zeros((len(seqs), length), dtype=bool)

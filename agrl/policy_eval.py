@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from agrl.config import Config, ModelConfig, SamplingConfig
-from agrl.data import encode_prompts, has_verdicts, pad_left, verdict_array
+from agrl.data import decode_completions, encode_prompts, has_verdicts, pad_left, verdict_array
 from agrl.evaluate import classification_metrics, posterior_metrics
 from agrl.format import parse_batch
 from agrl.sampling import make_sampler
@@ -72,7 +72,7 @@ def evaluate_policy(
         ids, mask = pad_left(chunk, P, pad)
         out = sampler(params, ids, mask, jax.random.key(0))  # greedy: the key is unused
         toks, m = np.asarray(out.tokens)[:n], np.asarray(out.mask)[:n]
-        texts += tok.batch_decode([t[k].tolist() for t, k in zip(toks, m, strict=True)])
+        texts += decode_completions(tok, toks, m)
         if order == "label_first":
             p = _posterior_fn(cfg.model)(params, jnp.asarray(ids), jnp.asarray(mask), label_ids)
             probs.append(np.asarray(p, np.float64)[:n])

@@ -346,7 +346,7 @@ def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[
     no GRPO gradient, the case AGR is for) or all correct."""
     import jax
 
-    from agrl.data import encode_prompts, pad_left
+    from agrl.data import decode_completions, encode_prompts, pad_left
     from agrl.format import parse_batch
     from agrl.sampling import make_sampler
     from agrl.tokenizer import eos_ids
@@ -364,7 +364,7 @@ def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[
         ids, mask = pad_left(chunk, max(len(c) for c in chunk), pad)
         out = sampler(params, ids, mask, jax.random.fold_in(key, start))
         toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
-        texts = tok.batch_decode([t[k].tolist() for t, k in zip(toks, m, strict=True)])
+        texts = decode_completions(tok, toks, m)
         labels, _, ok = parse_batch(texts, order)
         gold = np.repeat([r["label"] for r in records[start : start + n]], G)
         acc.append((ok & (labels == gold)).reshape(n, G).mean(axis=1))

@@ -14,7 +14,7 @@ text decode and parse of N + S completions, timed separately in the metrics.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ import numpy as np
 
 from agrl.advantages import compute_advantages, group_stats
 from agrl.config import Config
-from agrl.data import pad_left
+from agrl.data import decode_completions, pad_left
 from agrl.distributed import make_sharded_sampler, put_rows, to_host, train_state_shardings
 from agrl.format import parse_batch
 from agrl.guidance import (
@@ -36,7 +36,6 @@ from agrl.guidance import (
 from agrl.rewards import COMPONENTS, compute_rewards
 from agrl.sampling import make_sampler
 from agrl.train_step import TrainState, make_logps_fn, make_rl_step
-from agrl.world.rules import R
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,12 @@ class RLContext:
     cfg: Config
     pool: PromptPool
     pad_id: int
-    decode: Any  # ids [N, T] list -> list[str]
+    tokenizer: Any
     sampler: Any
     guided_sampler: Any
     rl_step: Any
     logps_fn: Any
     score: Any  # jitted: parsed arrays + gold -> (reward, components, advantages, stats)
-    timings: dict[str, float] = field(default_factory=dict)
     mesh: Any = None  # jax Mesh: batches split over (data, fsdp); None: one device
     state_shardings: Any = None  # TrainState of NamedShardings (the rules table), with mesh
 
@@ -141,14 +139,11 @@ def make_rl_context(
         adv = compute_advantages(reward.reshape(-1, G), cfg.advantage)
         return reward, comps, adv, stats
 
-    def decode(ids_rows: list[list[int]]) -> list[str]:
-        return tokenizer.batch_decode(ids_rows, skip_special_tokens=False)
-
     return RLContext(
         cfg=cfg,
         pool=pool,
         pad_id=pad_id,
-        decode=decode,
+        tokenizer=tokenizer,
         sampler=sampler,
         guided_sampler=guided_sampler,
         rl_step=make_rl_step(
@@ -167,12 +162,10 @@ def _logp_temperature(cfg: Config) -> float:
     return cfg.sampling.temperature if cfg.sampling.temperature > 0 else 1.0
 
 
-def _texts(ctx: RLContext, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-    return ctx.decode([row[m].tolist() for row, m in zip(tokens, mask, strict=True)])
-
-
 def _parse(ctx: RLContext, tokens, mask):
-    labels, verdicts, ok = parse_batch(_texts(ctx, tokens, mask), ctx.cfg.train.response_order)
+    labels, verdicts, ok = parse_batch(
+        decode_completions(ctx.tokenizer, tokens, mask), ctx.cfg.train.response_order
+    )
     return labels.astype(np.int32), verdicts.astype(np.int32), ok.astype(bool)
 
 
@@ -367,17 +360,10 @@ def _metrics(
     return m
 
 
-def agr_disabled(cfg: Config) -> Config:
-    """The same config with guided replay switched off (e.g. for a control run)."""
-    return replace(cfg, guidance=replace(cfg.guidance, enabled=False))
-
-
 __all__ = [
     "BatchSampler",
     "PromptPool",
-    "R",
     "RLContext",
-    "agr_disabled",
     "make_rl_context",
     "rl_iteration",
 ]

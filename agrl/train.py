@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from agrl.checkpoint import CheckpointManager
 from agrl.config import Config, OptimConfig, config_to_dict
 from agrl.data import (
+    decode_completions,
     encode_prompts,
     encode_responses,
     has_verdicts,
@@ -376,7 +377,7 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
         ids, mask = pad_left(seqs, max(len(s) for s in seqs), int(tok.pad_token_id))
         out = sampler(params, ids, mask, jax.random.fold_in(key, start))
         toks, m = np.asarray(out.tokens), np.asarray(out.mask)
-        texts = tok.batch_decode([t[k].tolist() for t, k in zip(toks, m, strict=True)])
+        texts = decode_completions(tok, toks, m)
         labels, _, ok = parse_batch(texts, order)
         for j, rec_i in enumerate(range(sl.start, sl.stop)):
             rows = range(j * N, (j + 1) * N)
