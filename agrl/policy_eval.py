@@ -100,3 +100,45 @@ def evaluate_policy(
             preds["probs"], gold, beta=beta, query_type=qtypes if any(qtypes) else None
         )
     return metrics, preds
+
+
+# Diagnostics of a policy's rollout groups (`agrl reproduce`, issue 6 item 4).
+
+
+def _group_stats(acc: np.ndarray) -> dict[str, float]:
+    """Per-prompt accuracy among G samples [n] -> pass@G, mean accuracy, zero/all-correct."""
+    return {
+        "n": int(len(acc)),
+        "pass_at_g": float((acc > 0).mean()),
+        "mean_accuracy": float(acc.mean()),
+        "zero_correct": float((acc == 0).mean()),
+        "all_correct": float((acc == 1).mean()),
+    }
+
+
+def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[str, Any]:
+    """Sample G = sampling.group_size responses per prompt (the training sampler settings),
+    and report per query type the share of prompts with at least one correct label (pass@G),
+    the mean accuracy, and the share with zero correct (a zero-variance outcome group:
+    no GRPO gradient, the case AGR is for) or all correct."""
+    order, G, pad = cfg.train.response_order, cfg.sampling.group_size, int(tok.pad_token_id)
+    sampler = make_sampler(cfg.model, cfg.sampling, eos_ids=tuple(eos_ids(tok)), pad_id=pad)
+    prompts = encode_prompts(tok, records, order)
+    bs = max(1, 64 // G)
+    key = jax.random.key(seed)
+    acc = []
+    for start in range(0, len(prompts), bs):
+        chunk = prompts[start : start + bs]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (bs - n)  # a fixed batch: one compile per bucket
+        ids, mask = pad_left(chunk, max(len(c) for c in chunk), pad)
+        out = sampler(params, ids, mask, jax.random.fold_in(key, start))
+        toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
+        texts = decode_completions(tok, toks, m)
+        labels, _, ok = parse_batch(texts, order)
+        gold = np.repeat([r["label"] for r in records[start : start + n]], G)
+        acc.append((ok & (labels == gold)).reshape(n, G).mean(axis=1))
+    acc_all = np.concatenate(acc)
+    types = np.asarray([r.get("query_type", "") for r in records], dtype=object)
+    by_type = {t: _group_stats(acc_all[types == t]) for t in sorted(set(types.tolist()))}
+    return {"group_size": G, "overall": _group_stats(acc_all), "by_type": by_type}

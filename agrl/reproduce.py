@@ -36,17 +36,32 @@ from agrl.config import (
     config_to_dict,
     method_preset,
 )
+from agrl.report import (
+    HARD_TYPES,
+    METHOD_NAMES,
+    METHODS,
+    ROW_NAMES,
+    ROWS,
+    _fmt,
+    aggregate,
+    headline,
+    results_markdown,
+    write_figures,
+)
 from agrl.train import RunError
 
-METHODS: tuple[str, ...] = ("grpo", "grpo_pr", "agrl", "rrs_only", "agr_only")
-METHOD_NAMES = {
-    "grpo": "GRPO",
-    "grpo_pr": "GRPO-PR",
-    "agrl": "AGRL",
-    "rrs_only": "RRS only",
-    "agr_only": "AGR only",
-}
-ROW_NAMES = {"oracle": "Oracle SFT (gold)", "sft": "SFT", "dpo": "DPO", **METHOD_NAMES}
+__all__ = [
+    "DEFAULTS",
+    "HARD_TYPES",
+    "METHODS",
+    "METHOD_NAMES",
+    "QUICK",
+    "ROWS",
+    "ROW_NAMES",
+    "Plan",
+    "build_plan",
+    "run_reproduce",
+]
 
 # CPU-sized defaults (docs/results.md has the measured times behind them).
 DEFAULTS: dict[str, Any] = {
@@ -65,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "sampling.max_new_tokens": 40,
     "sampling.prompt_buckets": "16,32",
     "sampling.group_size": 8,
-    "sft.steps": 1000,
+    "sft.steps": 2000,
     "sft.batch_size": 32,
     "dpo.steps": 40,
     "dpo.batch_size": 16,
@@ -73,11 +88,11 @@ DEFAULTS: dict[str, Any] = {
     "dpo.mine_prompts": 256,
     "dpo.pass_n": 8,
     "optim.lr": 1e-4,
-    "train.steps": 30,
+    "train.steps": 100,
     "train.prompts_per_step": 8,
-    "train.eval_every": 10,
+    "train.eval_every": 20,
     "train.eval_size": 256,
-    "train.ckpt_every": 10,
+    "train.ckpt_every": 20,
     "guidance.slots_per_batch": 16,
     "diag.prompts": 256,
 }
@@ -106,7 +121,6 @@ QUICK: dict[str, Any] = {
     "guidance.slots_per_batch": 4,
     "diag.prompts": 16,
 }
-HARD_TYPES: tuple[str, ...] = ("negation", "alternative", "qa", "knowledge")
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,11 +268,6 @@ class Progress:
             self.spent += seconds
 
 
-def _fmt(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s"
-
-
 def _versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0]}
     for pkg in ("agrl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
@@ -322,56 +331,6 @@ def _write_run_json(plan: Plan, wall: dict[str, Any], total: float) -> None:
             "total_seconds_this_invocation": round(total, 2),
         },
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Diagnostics: what plain GRPO can learn from at the DPO start (issue 6 item 4).
-
-
-def _group_stats(acc: np.ndarray) -> dict[str, float]:
-    """Per-prompt accuracy among G samples [n] -> pass@G, mean accuracy, zero/all-correct."""
-    return {
-        "n": int(len(acc)),
-        "pass_at_g": float((acc > 0).mean()),
-        "mean_accuracy": float(acc.mean()),
-        "zero_correct": float((acc == 0).mean()),
-        "all_correct": float((acc == 1).mean()),
-    }
-
-
-def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[str, Any]:
-    """Sample G = sampling.group_size responses per prompt (the training sampler settings),
-    and report per query type the share of prompts with at least one correct label (pass@G),
-    the mean accuracy, and the share with zero correct (a zero-variance outcome group:
-    no GRPO gradient, the case AGR is for) or all correct."""
-    import jax
-
-    from agrl.data import decode_completions, encode_prompts, pad_left
-    from agrl.format import parse_batch
-    from agrl.sampling import make_sampler
-    from agrl.tokenizer import eos_ids
-
-    order, G, pad = cfg.train.response_order, cfg.sampling.group_size, int(tok.pad_token_id)
-    sampler = make_sampler(cfg.model, cfg.sampling, eos_ids=tuple(eos_ids(tok)), pad_id=pad)
-    prompts = encode_prompts(tok, records, order)
-    bs = max(1, 64 // G)
-    key = jax.random.key(seed)
-    acc = []
-    for start in range(0, len(prompts), bs):
-        chunk = prompts[start : start + bs]
-        n = len(chunk)
-        chunk = chunk + [chunk[-1]] * (bs - n)  # a fixed batch: one compile per bucket
-        ids, mask = pad_left(chunk, max(len(c) for c in chunk), pad)
-        out = sampler(params, ids, mask, jax.random.fold_in(key, start))
-        toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
-        texts = decode_completions(tok, toks, m)
-        labels, _, ok = parse_batch(texts, order)
-        gold = np.repeat([r["label"] for r in records[start : start + n]], G)
-        acc.append((ok & (labels == gold)).reshape(n, G).mean(axis=1))
-    acc_all = np.concatenate(acc)
-    types = np.asarray([r.get("query_type", "") for r in records], dtype=object)
-    by_type = {t: _group_stats(acc_all[types == t]) for t in sorted(set(types.tolist()))}
-    return {"group_size": G, "overall": _group_stats(acc_all), "by_type": by_type}
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,6 +410,7 @@ def _prepare_world(plan: Plan) -> Path:
 def _diag_stage(plan: Plan, seed: int, world_dir: Path, tok) -> dict:
     from agrl.data import load_records
     from agrl.evaluate import write_json
+    from agrl.policy_eval import pass_at_g
 
     path = plan.out / f"seed{seed}" / "diagnostics.json"
     if path.exists():
@@ -525,147 +485,6 @@ def _run_seed(plan: Plan, seed: int, world_dir: Path, tok, progress: Progress) -
 
 
 # ---------------------------------------------------------------------------------------
-# Results: table, diagnostics, figures.
-
-ROWS: tuple[str, ...] = ("oracle", "sft", "dpo", *METHODS)
-TABLE_COLUMNS: tuple[str, ...] = (
-    "macro_f1",
-    "accuracy",
-    "f1_1",
-    "f1_2",
-    "f1_3",
-    "f1_4",
-    "good_f1",
-    "rule_adherence",
-    "step_accuracy",
-)
-
-
-def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
-    """{row: {split: aggregate_seeds over seeds}} for every model row and split."""
-    from agrl.evaluate import aggregate_seeds
-
-    out: dict[str, dict[str, Any]] = {}
-    for row in ROWS:
-        out[row] = {}
-        for split in ("b_eval", "w_eval"):
-            runs = [per_seed[s]["models"][row][split] for s in sorted(per_seed)]
-            out[row][split] = aggregate_seeds(runs)
-    return out
-
-
-def _type_table(agg: dict, split: str) -> str:
-    types = [t for t in HARD_TYPES if t in agg["dpo"][split].get("accuracy_by_type", {})]
-    rows = {ROW_NAMES[r]: agg[r][split].get("accuracy_by_type", {}) for r in ROWS}
-    from agrl.evaluate import metrics_table_markdown
-
-    return metrics_table_markdown(rows, types)
-
-
-def _diag_table(per_seed: dict[int, dict]) -> str:
-    """Mean over seeds of the pass@G diagnostics per query type (in percent)."""
-    seeds = sorted(per_seed)
-    first = per_seed[seeds[0]]["diagnostics"]
-    G = first["group_size"]
-    lines = [
-        f"| query type | prompts | pass@{G} | mean acc | zero correct of {G} | all correct |",
-        "|---|---|---|---|---|---|",
-    ]
-    names = [*first["by_type"], "overall"]
-    for t in names:
-        stats = [
-            per_seed[s]["diagnostics"]["by_type"].get(t)
-            if t != "overall"
-            else per_seed[s]["diagnostics"]["overall"]
-            for s in seeds
-        ]
-        stats = [x for x in stats if x]
-        mean = {k: float(np.mean([x[k] for x in stats])) for k in stats[0]}
-        lines.append(
-            f"| {t} | {mean['n']:.0f} | {100 * mean['pass_at_g']:.1f} | "
-            f"{100 * mean['mean_accuracy']:.1f} | {100 * mean['zero_correct']:.1f} | "
-            f"{100 * mean['all_correct']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def results_markdown(plan: Plan, agg: dict, per_seed: dict[int, dict], wall: dict) -> str:
-    """results.md: the SPEC 8 table for b_eval and w_eval, per-type accuracy, diagnostics."""
-    from agrl.evaluate import metrics_table_markdown
-
-    n = len(plan.seeds)
-    total = sum(v["seconds"] for v in wall.values() if isinstance(v, dict))
-    parts = [
-        "# agrl reproduce: results\n",
-        f"Seeds: {list(plan.seeds)} (mean ± std over {n} seed{'s' * (n > 1)}; std is 0 with "
-        f"one seed). {'QUICK smoke run: tiny sizes, not a result. ' if plan.quick else ''}"
-        f"Greedy decoding on the first {plan.cfg.train.eval_size} records of each split. "
-        f"Stage time (summed, this directory): {_fmt(total)}.\n",
-    ]
-    for split in ("b_eval", "w_eval"):
-        rows = {ROW_NAMES[r]: agg[r][split] for r in ROWS}
-        parts += [f"## {split}\n", metrics_table_markdown(rows, TABLE_COLUMNS)]
-    parts += ["## b_eval accuracy per hard query type (%)\n", _type_table(agg, "b_eval")]
-    parts += [
-        "## Diagnostics at the RL start (DPO policy, rl pool)\n",
-        f"G = {plan.cfg.sampling.group_size} samples per prompt at the training temperature "
-        f"{plan.cfg.sampling.temperature}; 'zero correct' groups give plain GRPO no outcome "
-        "signal (what AGR is for). Percent, mean over seeds.\n",
-        _diag_table(per_seed),
-        "The oracle row (SFT on gold responses, same budget) is the ceiling of what this "
-        "model size and SFT budget can learn.\n",
-        "Figures: fig1_macro_f1.png, fig1_accuracy.png, fig2_zero_variance_trigger.png, "
-        "fig3_type_accuracy.png.\n",
-    ]
-    return "\n".join(parts)
-
-
-def _metric_series(per_seed: dict[int, dict], method: str, key: str) -> list:
-    return [
-        ([e["step"] for e in per_seed[s]["models"][method]["evals"]],
-         [e[key] for e in per_seed[s]["models"][method]["evals"]])
-        for s in sorted(per_seed)
-    ]  # fmt: skip
-
-
-def _log_series(plan: Plan, method: str, key: str) -> list:
-    from agrl.metrics_log import read_metrics
-    from agrl.plots import series_from_records
-
-    return [
-        series_from_records(read_metrics(plan.out / f"seed{s}" / f"rl_{method}"), key)
-        for s in plan.seeds
-    ]
-
-
-def write_figures(plan: Plan, per_seed: dict[int, dict], agg: dict) -> list[Path]:
-    """Figures 1-3 of SPEC 8 as PNG files in --out."""
-    from agrl.plots import plot_curves, plot_per_type_accuracy, plot_zero_variance_and_trigger
-
-    out = plan.out
-    paths = []
-    for key, label in (("macro_f1", "b_eval macro-F1"), ("accuracy", "b_eval accuracy")):
-        series = {METHOD_NAMES[m]: _metric_series(per_seed, m, key) for m in METHODS}
-        paths.append(plot_curves(series, label, out / f"fig1_{key}.png", title=label))
-    zero = {METHOD_NAMES[m]: _log_series(plan, m, "zero_variance_frac") for m in METHODS}
-    agr_methods = [m for m in METHODS if _method_cfg(plan.cfg, m).guidance.enabled]
-    trig = {METHOD_NAMES[m]: _log_series(plan, m, "agr_trigger_rate") for m in agr_methods}
-    paths.append(plot_zero_variance_and_trigger(zero, trig, out / "fig2_zero_variance_trigger.png"))
-
-    def by_type(row: str) -> dict[str, float]:
-        accs = agg[row]["b_eval"].get("accuracy_by_type", {})
-        return {t: accs[t][0] for t in HARD_TYPES if t in accs}
-
-    after = {METHOD_NAMES[m]: by_type(m) for m in METHODS}
-    paths.append(
-        plot_per_type_accuracy(
-            by_type("dpo"), after, out / "fig3_type_accuracy.png", before_label="DPO (before RL)"
-        )
-    )
-    return paths
-
-
-# ---------------------------------------------------------------------------------------
 # The job.
 
 
@@ -696,6 +515,7 @@ def run_reproduce(plan: Plan) -> dict[str, Any]:
         "seeds": list(plan.seeds),
         "rows": {r: ROW_NAMES[r] for r in ROWS},
         "aggregate": agg,
+        "agrl_vs_grpo": headline(per_seed),
         "per_seed": {str(s): v for s, v in per_seed.items()},
     }
     paths = [write_json(plan.out / "results.json", results)]
