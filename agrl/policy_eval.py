@@ -94,12 +94,37 @@ def evaluate_policy(
         "format_ok": ok,
         "texts": texts,
     }
+    if all("teacher_label" in r.get("meta", {}) for r in records):
+        metrics["teacher_split"] = teacher_split_metrics(records, labels)
     if probs:
         preds["probs"] = np.concatenate(probs)
         metrics["posterior"] = posterior_metrics(
             preds["probs"], gold, beta=beta, query_type=qtypes if any(qtypes) else None
         )
     return metrics, preds
+
+
+def teacher_split_metrics(records: list[dict], pred_labels: np.ndarray) -> dict[str, Any]:
+    """Greedy accuracy on the records the world's teacher gets wrong vs right.
+
+    records carry meta.teacher_label (the label the teacher wrote for them, agrl.world);
+    pred_labels [N] (0 where unparsed).  Returns {"teacher_wrong"|"teacher_right":
+    {"n", "accuracy", "by_type": {query type: accuracy}}}: how far a model moved past the
+    teacher's systematic errors, which is what guidance with gold answers (AGR) is for.
+    """
+    gold = np.asarray([r["label"] for r in records])
+    wrong = np.asarray([r["meta"]["teacher_label"] != r["label"] for r in records])
+    types = np.asarray([r.get("query_type", "") for r in records], dtype=object)
+    correct = np.asarray(pred_labels) == gold
+    out: dict[str, Any] = {}
+    for name, sel in (("teacher_wrong", wrong), ("teacher_right", ~wrong)):
+        by_type = {
+            str(t): float(correct[sel & (types == t)].mean())
+            for t in sorted(set(types[sel].tolist()))
+        }
+        acc = float(correct[sel].mean()) if sel.any() else float("nan")
+        out[name] = {"n": int(sel.sum()), "accuracy": acc, "by_type": by_type}
+    return out
 
 
 # Diagnostics of a policy's rollout groups (`agrl reproduce`, issue 6 item 4).

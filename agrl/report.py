@@ -74,6 +74,24 @@ def _type_table(agg: dict, split: str) -> str:
     return metrics_table_markdown(rows, types)
 
 
+def _teacher_table(agg: dict, split: str = "b_eval") -> str | None:
+    """Accuracy on the records the teacher labels wrong / right (per hard type for the
+    wrong ones), or None when the evaluations carry no teacher_split (agrl.policy_eval)."""
+    from agrl.evaluate import metrics_table_markdown
+
+    if not all("teacher_split" in agg[r][split] for r in ROWS):
+        return None
+    rows = {}
+    for r in ROWS:
+        ts = agg[r][split]["teacher_split"]
+        cells = {"teacher wrong": ts["teacher_wrong"]["accuracy"]}
+        cells |= {"teacher right": ts["teacher_right"]["accuracy"]}
+        by_type = ts["teacher_wrong"].get("by_type", {})
+        cells |= {f"wrong: {t}": by_type[t] for t in HARD_TYPES if t in by_type}
+        rows[ROW_NAMES[r]] = cells
+    return metrics_table_markdown(rows, list(next(iter(rows.values()))))
+
+
 def _diag_table(per_seed: dict[int, dict]) -> str:
     """Mean over seeds of the pass@G diagnostics per query type (in percent)."""
     seeds = sorted(per_seed)
@@ -169,6 +187,16 @@ def results_markdown(plan: Plan, agg: dict, per_seed: dict[int, dict], wall: dic
         rows = {ROW_NAMES[r]: agg[r][split] for r in ROWS}
         parts += [f"## {split}\n", metrics_table_markdown(rows, TABLE_COLUMNS)]
     parts += ["## b_eval accuracy per hard query type (%)\n", _type_table(agg, "b_eval")]
+    teacher = _teacher_table(agg)
+    if teacher:
+        n_wrong = agg["dpo"]["b_eval"]["teacher_split"]["teacher_wrong"]["n"][0]
+        parts += [
+            "## b_eval accuracy where the teacher is wrong (%)\n",
+            f"The {n_wrong:.0f} b_eval records whose teacher label (meta.teacher_label) differs "
+            "from the gold one: SFT learns the teacher's mistakes there, and only guidance "
+            "with gold answers (AGR) or luck in sampling can undo them.\n",
+            teacher,
+        ]
     parts += [
         "## AGRL vs GRPO on b_eval, per seed\n",
         "Δ = AGRL - GRPO on the same seed (macro-F1, and accuracy per hard query type, in "

@@ -87,13 +87,13 @@ DEFAULTS: dict[str, Any] = {
     "dpo.lr": 5e-5,
     "dpo.mine_prompts": 256,
     "dpo.pass_n": 8,
-    "optim.lr": 1e-4,
+    "optim.lr": 3e-4,
     "train.steps": 100,
-    "train.prompts_per_step": 8,
+    "train.prompts_per_step": 32,
     "train.eval_every": 20,
     "train.eval_size": 256,
     "train.ckpt_every": 20,
-    "guidance.slots_per_batch": 16,
+    "guidance.slots_per_batch": 64,
     "diag.prompts": 256,
 }
 # --quick: the whole pipeline in a few minutes (a smoke test, not a result).
@@ -435,7 +435,7 @@ def _stage_costs(plan: Plan) -> list[tuple[str, float]]:
         costs += [(f"seed{s}/sft", sft), (f"seed{s}/oracle", sft)]
         costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20)]
         costs += [(f"seed{s}/diagnostics", plan.diag_prompts * c.sampling.group_size / 16)]
-        rl = c.train.steps * (15.0 + 2 * c.train.prompts_per_step) + 40
+        rl = c.train.steps * 0.3 * c.train.prompts_per_step + 250  # ~0.05 s per prompt-step
         costs += [(f"seed{s}/rl_{m}", rl) for m in METHODS]
     return costs
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agrl.config import Config
-from agrl.policy_eval import _group_stats
+from agrl.policy_eval import _group_stats, teacher_split_metrics
 from agrl.report import (
     HARD_TYPES,
     METHODS,
@@ -21,7 +21,12 @@ from agrl.report import (
 
 
 def _eval(rng: np.random.Generator) -> dict:
+    split = {
+        k: {"n": 10, "accuracy": float(rng.uniform()), "by_type": {"negation": 0.5}}
+        for k in ("teacher_wrong", "teacher_right")
+    }
     return {
+        "teacher_split": split,
         "macro_f1": float(rng.uniform(0.3, 0.9)),
         "accuracy": float(rng.uniform(0.3, 0.9)),
         "accuracy_by_type": {t: float(rng.uniform(0, 1)) for t in (*HARD_TYPES, "plain")},
@@ -92,3 +97,24 @@ def test_results_markdown_has_every_row_and_the_headline():
 
 def test_agr_methods_follow_the_presets():
     assert [m for m in METHODS if _agr_enabled(Config(), m)] == ["agrl", "agr_only"]
+
+
+def test_teacher_split_counts_by_hand():
+    recs = [
+        {"label": 4, "query_type": "negation", "meta": {"teacher_label": 2}},
+        {"label": 3, "query_type": "negation", "meta": {"teacher_label": 1}},
+        {"label": 1, "query_type": "plain", "meta": {"teacher_label": 1}},
+        {"label": 2, "query_type": "knowledge", "meta": {"teacher_label": 2}},
+    ]
+    got = teacher_split_metrics(recs, np.array([4, 1, 1, 0]))
+    assert got["teacher_wrong"] == {"n": 2, "accuracy": 0.5, "by_type": {"negation": 0.5}}
+    assert got["teacher_right"]["n"] == 2 and got["teacher_right"]["accuracy"] == 0.5
+    assert got["teacher_right"]["by_type"] == {"knowledge": 0.0, "plain": 1.0}
+
+
+def test_results_markdown_has_the_teacher_section():
+    per_seed = _per_seed(2)
+    plan = types.SimpleNamespace(seeds=(0, 1), quick=False, cfg=Config())
+    md = results_markdown(plan, aggregate(per_seed), per_seed, {})
+    assert "## b_eval accuracy where the teacher is wrong (%)" in md
+    assert "| wrong: negation |" in md and "The 10 b_eval records" in md

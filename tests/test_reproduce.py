@@ -89,6 +89,8 @@ def test_quick_reproduce_end_to_end(quick_run):
     assert all(not v["reused"] for v in run["wall_seconds"].values())
     md = (tmp_path / "results.md").read_text()
     assert "Oracle SFT" in md and "pass@" in md
+    assert "where the teacher is wrong" in md and "AGRL vs GRPO on b_eval, per seed" in md
+    assert len(results["agrl_vs_grpo"]["macro_f1"]["delta"]) == 1
     # a rerun on the same directory reuses every stage
     run_reproduce(build_plan(quick=True, out=tmp_path))
     run = json.loads((tmp_path / "run.json").read_text())
