@@ -262,6 +262,8 @@ class Progress:
         print(f"[stage {i}/{len(self.order)}] {name}  elapsed {_fmt(elapsed)}, {eta}", flush=True)
 
     def finish(self, name: str, seconds: float, reused: bool) -> None:
+        if reused and name in self.wall:
+            return  # keep the wall time of the invocation that made the stage
         self.wall[name] = {"seconds": round(seconds, 2), "reused": reused}
         if not reused:
             self.done_cost += self.costs[name]

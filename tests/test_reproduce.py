@@ -91,7 +91,10 @@ def test_quick_reproduce_end_to_end(quick_run):
     assert "Oracle SFT" in md and "pass@" in md
     assert "where the teacher is wrong" in md and "AGRL vs GRPO on b_eval, per seed" in md
     assert len(results["agrl_vs_grpo"]["macro_f1"]["delta"]) == 1
-    # a rerun on the same directory reuses every stage
+    # a rerun on the same directory reuses every stage and keeps the first run's wall times
+    models = sorted(tmp_path.glob("seed0/*/model/config.json"))
+    stamps = [p.stat().st_mtime_ns for p in models]
     run_reproduce(build_plan(quick=True, out=tmp_path))
-    run = json.loads((tmp_path / "run.json").read_text())
-    assert all(v["reused"] for v in run["wall_seconds"].values())
+    assert len(models) == len(ROWS) and [p.stat().st_mtime_ns for p in models] == stamps
+    rerun = json.loads((tmp_path / "run.json").read_text())
+    assert rerun["wall_seconds"] == run["wall_seconds"]
