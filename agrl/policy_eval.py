@@ -141,6 +141,23 @@ def _group_stats(acc: np.ndarray) -> dict[str, float]:
     }
 
 
+def sample_correct(
+    sampler, params, tok, ids, mask, gold_labels, key, order: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample one chunk of prompts and check the parsed labels against the gold ones.
+
+    ids, mask [B, P] (left-padded prompts); gold_labels [n] for the first n <= B prompts
+    (the rest is batch padding).  Returns (tokens [n*G, T], mask [n*G, T], correct [n, G]
+    bool) with G = the sampler's group size: parsed and equal to the gold label.
+    """
+    n = len(gold_labels)
+    out = sampler(params, ids, mask, key)
+    G = out.tokens.shape[0] // ids.shape[0]
+    toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
+    labels, _, ok = parse_batch(decode_completions(tok, toks, m), order)
+    return toks, m, (ok & (labels == np.repeat(gold_labels, G))).reshape(n, G)
+
+
 def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[str, Any]:
     """Sample G = sampling.group_size responses per prompt (the training sampler settings),
     and report per query type the share of prompts with at least one correct label (pass@G),
@@ -157,12 +174,9 @@ def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[
         n = len(chunk)
         chunk = chunk + [chunk[-1]] * (bs - n)  # a fixed batch: one compile per bucket
         ids, mask = pad_left(chunk, max(len(c) for c in chunk), pad)
-        out = sampler(params, ids, mask, jax.random.fold_in(key, start))
-        toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
-        texts = decode_completions(tok, toks, m)
-        labels, _, ok = parse_batch(texts, order)
-        gold = np.repeat([r["label"] for r in records[start : start + n]], G)
-        acc.append((ok & (labels == gold)).reshape(n, G).mean(axis=1))
+        gold = np.asarray([r["label"] for r in records[start : start + n]])
+        k = jax.random.fold_in(key, start)
+        acc.append(sample_correct(sampler, params, tok, ids, mask, gold, k, order)[2].mean(1))
     acc_all = np.concatenate(acc)
     types = np.asarray([r.get("query_type", "") for r in records], dtype=object)
     by_type = {t: _group_stats(acc_all[types == t]) for t in sorted(set(types.tolist()))}

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agrl.config import method_preset
-
 if TYPE_CHECKING:
     from agrl.reproduce import Plan
 
@@ -146,9 +144,13 @@ def headline(per_seed: dict[int, dict], a: str = "agrl", b: str = "grpo") -> dic
     }
 
 
+def _std(xs: list[float]) -> float:
+    """Sample std over seeds (ddof=1, as agrl.evaluate.aggregate_seeds), 0 for one seed."""
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
 def _mean_std(xs: list[float]) -> str:
-    std = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
-    return f"{float(np.mean(xs)):+.2f} ± {std:.2f}"
+    return f"{float(np.mean(xs)):+.2f} ± {_std(xs):.2f}"
 
 
 def _headline_md(h: dict[str, Any], a: str = "agrl", b: str = "grpo") -> str:
@@ -162,9 +164,7 @@ def _headline_md(h: dict[str, Any], a: str = "agrl", b: str = "grpo") -> str:
         cells = [f"{mf[a][i]:.2f}", f"{mf[b][i]:.2f}", f"{mf['delta'][i]:+.2f}"]
         cells += [f"{h['by_type'][t][i]:+.2f}" for t in types]
         lines.append("| " + " | ".join([str(s), *cells]) + " |")
-    std_a = float(np.std(mf[a], ddof=1)) if len(mf[a]) > 1 else 0.0
-    std_b = float(np.std(mf[b], ddof=1)) if len(mf[b]) > 1 else 0.0
-    cells = [f"{np.mean(mf[a]):.2f} (std {std_a:.2f})", f"{np.mean(mf[b]):.2f} (std {std_b:.2f})"]
+    cells = [f"{np.mean(mf[m]):.2f} (std {_std(mf[m]):.2f})" for m in (a, b)]
     cells += [_mean_std(mf["delta"]), *[_mean_std(h["by_type"][t]) for t in types]]
     lines.append("| mean | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -236,14 +236,11 @@ def _log_series(plan: Plan, method: str, key: str) -> list:
     ]
 
 
-def _agr_enabled(cfg, method: str) -> bool:
-    """Whether AGR runs for `method`: its preset's guidance.enabled, else the config's."""
-    value = method_preset(method).get("guidance.enabled", cfg.guidance.enabled)
-    return str(value).lower() in ("true", "1")
-
-
-def write_figures(plan: Plan, per_seed: dict[int, dict], agg: dict) -> list[Path]:
-    """Figures 1-3 of SPEC 8 as PNG files in --out."""
+def write_figures(
+    plan: Plan, per_seed: dict[int, dict], agg: dict, agr_methods: list[str]
+) -> list[Path]:
+    """Figures 1-3 of SPEC 8 as PNG files in --out; agr_methods: the methods that run AGR
+    (their trigger rate is drawn in Figure 2)."""
     from agrl.plots import plot_curves, plot_per_type_accuracy, plot_zero_variance_and_trigger
 
     out = plan.out
@@ -252,7 +249,6 @@ def write_figures(plan: Plan, per_seed: dict[int, dict], agg: dict) -> list[Path
         series = {METHOD_NAMES[m]: _metric_series(per_seed, m, key) for m in METHODS}
         paths.append(plot_curves(series, label, out / f"fig1_{key}.png", title=label))
     zero = {METHOD_NAMES[m]: _log_series(plan, m, "zero_variance_frac") for m in METHODS}
-    agr_methods = [m for m in METHODS if _agr_enabled(plan.cfg, m)]
     trig = {METHOD_NAMES[m]: _log_series(plan, m, "agr_trigger_rate") for m in agr_methods}
     paths.append(plot_zero_variance_and_trigger(zero, trig, out / "fig2_zero_variance_trigger.png"))
 

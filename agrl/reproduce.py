@@ -523,7 +523,8 @@ def run_reproduce(plan: Plan) -> dict[str, Any]:
     paths = [write_json(plan.out / "results.json", results)]
     md = plan.out / "results.md"
     md.write_text(results_markdown(plan, agg, per_seed, wall))
-    paths += [md, *write_figures(plan, per_seed, agg)]
+    agr_methods = [m for m in METHODS if _method_cfg(plan.cfg, m).guidance.enabled]
+    paths += [md, *write_figures(plan, per_seed, agg, agr_methods)]
     _write_run_json(plan, wall, time.perf_counter() - t0)
     paths.append(plan.out / "run.json")
     print(f"done in {_fmt(time.perf_counter() - t0)}; wrote " + ", ".join(p.name for p in paths))

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from agrl.checkpoint import CheckpointManager
 from agrl.config import Config, OptimConfig, config_to_dict
 from agrl.data import (
-    decode_completions,
     encode_prompts,
     encode_responses,
     has_verdicts,
@@ -41,11 +40,10 @@ from agrl.distributed import (
     local_copy,
     tree_to_host,
 )
-from agrl.format import parse_batch
 from agrl.guidance import from_state_dict, init_replay, to_state_dict
 from agrl.metrics_log import MetricsLogger
 from agrl.model import init_params, load_pretrained, save_pretrained
-from agrl.policy_eval import evaluate_policy
+from agrl.policy_eval import evaluate_policy, sample_correct
 from agrl.rewards import fallback_message
 from agrl.rollout import BatchSampler, PromptPool, make_rl_context, rl_iteration
 from agrl.sampling import make_sampler
@@ -375,13 +373,12 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
         sl = slice(start, min(start + bs, len(records)))
         seqs = prompts[sl]
         ids, mask = pad_left(seqs, max(len(s) for s in seqs), int(tok.pad_token_id))
-        out = sampler(params, ids, mask, jax.random.fold_in(key, start))
-        toks, m = np.asarray(out.tokens), np.asarray(out.mask)
-        texts = decode_completions(tok, toks, m)
-        labels, _, ok = parse_batch(texts, order)
+        gold_labels = np.asarray([r["label"] for r in records[sl]])
+        k = jax.random.fold_in(key, start)
+        toks, m, correct = sample_correct(sampler, params, tok, ids, mask, gold_labels, k, order)
         for j, rec_i in enumerate(range(sl.start, sl.stop)):
             rows = range(j * N, (j + 1) * N)
-            right = [r for r in rows if ok[r] and labels[r] == records[rec_i]["label"]]
+            right = [r for r in rows if correct[j, r - j * N]]
             wrong = [r for r in rows if r not in right]
             if not wrong:
                 continue

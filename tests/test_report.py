@@ -13,7 +13,6 @@ from agrl.report import (
     HARD_TYPES,
     METHODS,
     ROWS,
-    _agr_enabled,
     aggregate,
     headline,
     results_markdown,
@@ -96,7 +95,10 @@ def test_results_markdown_has_every_row_and_the_headline():
 
 
 def test_agr_methods_follow_the_presets():
-    assert [m for m in METHODS if _agr_enabled(Config(), m)] == ["agrl", "agr_only"]
+    from agrl.reproduce import _method_cfg
+
+    agr = [m for m in METHODS if _method_cfg(Config(), m).guidance.enabled]
+    assert agr == ["agrl", "agr_only"]
 
 
 def test_teacher_split_counts_by_hand():
