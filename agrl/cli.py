@@ -12,11 +12,11 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
-from agrl.checkpoint import CheckpointError
 from agrl.config import ConfigError
-from agrl.data import DataError, has_verdicts, load_records
 from agrl.model.hf import CheckpointError as ModelError
-from agrl.train import RunError
+from agrl.task.data import DataError, has_verdicts, load_records
+from agrl.train.checkpoint import CheckpointError
+from agrl.train.loop import RunError
 
 EXIT_USER_ERROR = 2
 
@@ -107,8 +107,8 @@ def apply_overrides_list(items: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from agrl.distributed import init_distributed, resolve_spec
-    from agrl.train import run_dpo, run_rl, run_sft
+    from agrl.parallel.distributed import init_distributed, resolve_spec
+    from agrl.train.stages import run_dpo, run_rl, run_sft
 
     try:  # before any device is touched; flags, else AGRL_* env, else cluster auto-detect
         spec = resolve_spec(args.coordinator, args.num_processes, args.process_id)
@@ -155,10 +155,10 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from agrl.config import Config, TrainConfig
-    from agrl.evaluate import metrics_table_markdown, write_json
+    from agrl.eval.metrics import metrics_table_markdown, write_json
+    from agrl.eval.policy_eval import evaluate_policy
     from agrl.model import load_pretrained
-    from agrl.policy_eval import evaluate_policy
-    from agrl.tokenizer import load_tokenizer
+    from agrl.task.tokenizer import load_tokenizer
 
     params, model_cfg = load_pretrained(args.model)
     tok = load_tokenizer(args.model)
@@ -191,7 +191,7 @@ def add_eval(sub) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from agrl.scoring import score_file
+    from agrl.eval.scoring import score_file
 
     s = score_file(args.model, args.data, args.out, batch_size=args.batch_size, beta=args.beta)
     print(f"scored {s['n']} records -> {args.out}; posterior accuracy {s['accuracy']:.3f}")
@@ -214,7 +214,7 @@ def add_score(sub) -> None:
 
 
 def add_reproduce(sub) -> None:
-    from agrl.reproduce import add_reproduce as add
+    from agrl.experiments.reproduce import add_reproduce as add
 
     add(sub)
 

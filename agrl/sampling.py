@@ -28,17 +28,17 @@ V Gumbels; the last token is emitted after the loop, so T tokens cost T - 1 deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from agrl.config import ModelConfig, SamplingConfig
 from agrl.model.decoder import (
     MASK_VALUE,
-    Params,
     hidden_states,
     init_cache,
     logits_from_hidden,
@@ -46,6 +46,9 @@ from agrl.model.decoder import (
     rms_norm,
     unembed_matrix,
 )
+from agrl.model.params import Params, model_param_shardings
+from agrl.parallel.distributed import put_global, put_rows
+from agrl.parallel.sharding import replicated, rows_sharding
 
 
 class SampleOutput(NamedTuple):
@@ -359,3 +362,90 @@ def make_sampler(
         tuple(int(e) for e in eos_ids),
         int(pad_id),
     )
+
+
+@dataclass
+class ShardedSampler:
+    """`agrl.sampling.Sampler` whose jitted core runs under a mesh: params sharded by the
+    rules table, prompts and forced prefixes split on the batch over (data, fsdp), outputs
+    [N, T] split on N.  XLA's propagation then splits the KV cache [N, K, C, Hd] by batch
+    (data, fsdp) and kv heads (tensor), the way the k/v projections are split.
+
+    Host padding is the plain sampler's (`Sampler.__call__`); each batch size gets its own
+    jitted core (shardings depend on whether the mesh divides the batch)."""
+
+    base: Any  # agrl.sampling.Sampler
+    mesh: Mesh
+    _cores: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._param_sh = model_param_shardings(self.base.model_cfg, self.mesh)
+        self.base._core = self._dispatch
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+    @property
+    def traces(self) -> int:
+        return self.base.traces
+
+    def __call__(self, params, prompt_ids, prompt_mask, key, forced_ids=None, forced_len=None):
+        return self.base(params, prompt_ids, prompt_mask, key, forced_ids, forced_len)
+
+    def _core_for(self, B: int, P: int):
+        from agrl.sampling import SampleOutput, _sample_core
+
+        if (B, P) in self._cores:
+            return self._cores[(B, P)]
+        s, mesh = self.base, self.mesh
+        N, T = B * s.group_size, s.max_new_tokens
+        prompts = rows_sharding(mesh, (B, P))
+        rows2, rows1 = rows_sharding(mesh, (N, T)), rows_sharding(mesh, (N,))
+
+        def core(params, prompt_ids, prompt_mask, key, forced_ids, forced_len):
+            s.traces += 1  # runs at trace time only
+            return _sample_core(
+                params, prompt_ids, prompt_mask, key, forced_ids, forced_len,
+                cfg=s.model_cfg, scfg=s.sampling_cfg, G=s.group_size, T=T,
+                eos=s.eos_ids or (-1,), pad=s.pad_id,
+            )  # fmt: skip
+
+        fn = jax.jit(
+            core,
+            in_shardings=(self._param_sh, prompts, prompts, replicated(mesh), rows2, rows1),
+            out_shardings=SampleOutput(rows2, rows2, rows2, rows2, rows1, replicated(mesh)),
+        )
+        self._cores[(B, P)] = fn
+        return fn
+
+    def _dispatch(self, params, prompt_ids, prompt_mask, key, forced_ids, forced_len):
+        """Place the padded host inputs as global arrays (each process its own rows)."""
+        B, P = prompt_ids.shape
+        mesh = self.mesh
+        key_data = put_global(np.asarray(jax.random.key_data(key)), replicated(mesh))
+        return self._core_for(B, P)(
+            params,
+            put_rows(prompt_ids, mesh),
+            put_rows(prompt_mask, mesh),
+            jax.random.wrap_key_data(key_data),
+            put_rows(forced_ids, mesh),
+            put_rows(forced_len, mesh),
+        )
+
+    def lower(self, params, prompt_ids, prompt_mask, key):
+        """The lowered core for these inputs (to inspect shardings and memory in tests)."""
+        B, P = prompt_ids.shape
+        N, T = B * self.base.group_size, self.base.max_new_tokens
+        return self._core_for(B, P).lower(
+            params, prompt_ids, prompt_mask, key,
+            np.zeros((N, T), np.int32), np.zeros((N,), np.int32),
+        )  # fmt: skip
+
+
+def make_sharded_sampler(
+    model_cfg: ModelConfig, sampling_cfg: SamplingConfig, mesh: Mesh, **kwargs
+) -> ShardedSampler:
+    """`agrl.sampling.make_sampler(model_cfg, sampling_cfg, **kwargs)` under `mesh`."""
+    from agrl.sampling import make_sampler
+
+    return ShardedSampler(make_sampler(model_cfg, sampling_cfg, **kwargs), mesh)

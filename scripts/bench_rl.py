@@ -44,13 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from agrl.config import Config, LossConfig, OptimConfig, SamplingConfig, TrainConfig
-from agrl.guidance import init_replay
 from agrl.model import preset
-from agrl.model.decoder import init_params
-from agrl.rollout import PromptPool, make_rl_context, rl_iteration
-from agrl.tokenizer import LABEL_WORDS, build_tokenizer
-from agrl.train_step import init_train_state, make_optimizer
-from agrl.world.rules import R
+from agrl.model.params import init_params
+from agrl.rl.guidance import init_replay
+from agrl.task.rules import R
+from agrl.task.tokenizer import LABEL_WORDS, build_tokenizer
+from agrl.train.rollout import PromptPool, make_rl_context, rl_iteration
+from agrl.train.steps import init_train_state, make_optimizer
 
 STAGES = ("time_sample", "time_parse_reward", "time_ref_logps", "time_update", "time_iteration")
 BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "bench"

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM
 
 from agrl.config import SamplingConfig
 from agrl.model import load_pretrained, preset, save_pretrained
-from agrl.model.decoder import init_params
+from agrl.model.params import init_params
 from agrl.sampling import make_sampler
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from agrl.config import MeshConfig
-from agrl.plan import DEVICES, Workload, doc_tables, plan, plan_model, plan_table
+from agrl.experiments.capacity import DEVICES, Workload, doc_tables, plan, plan_model, plan_table
 
 
 def main() -> None:

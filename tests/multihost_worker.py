@@ -40,7 +40,7 @@ def register_lenient_reward() -> None:
     """
     import jax.numpy as jnp
 
-    from agrl.rewards import register_reward_fn, rrs_reward
+    from agrl.rl.rewards import register_reward_fn, rrs_reward
 
     def label_lenient(pred_label, pred_verdicts, format_ok, *gold_and_cfg):
         return rrs_reward(pred_label, pred_verdicts, jnp.ones_like(format_ok), *gold_and_cfg)
@@ -61,7 +61,7 @@ def make_init_model(directory, world) -> None:
 
     from agrl.config import load_config
     from agrl.model import init_params, save_pretrained
-    from agrl.tokenizer import load_tokenizer
+    from agrl.task.tokenizer import load_tokenizer
 
     cfg = load_config(None, MODEL).model
     params = init_params(cfg, jax.random.key(7), init_std=0.2)
@@ -83,7 +83,7 @@ def rl_config(world, init, out, mesh: tuple[int, int, int]):
 
 def run_two_steps_with_resume(world, init, out, mesh) -> None:
     """Step 1, checkpoint, then a fresh run_rl resumes from it and runs step 2."""
-    from agrl.train import run_rl
+    from agrl.train.stages import run_rl
 
     cfg = rl_config(world, init, out, mesh)
     first = run_rl(cfg, stop_after=1)
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
     mesh = tuple(int(x) for x in argv[3:6])
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     os.environ["JAX_PLATFORMS"] = "cpu"
-    from agrl.distributed import init_distributed, resolve_spec
+    from agrl.parallel.distributed import init_distributed, resolve_spec
 
     assert init_distributed(resolve_spec())
     import jax

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agrl.world.rules import R, rule_label
+from agrl.task.rules import R, rule_label
 
 # ---------------------------------------------------------------------------------------
 # Rewards (SPEC 4)

@@ -6,13 +6,11 @@ from agrl.model.decoder import (
     forward,
     hidden_states,
     init_cache,
-    init_params,
     logits_from_hidden,
-    param_logical_axes,
-    param_shapes,
     positions_from_mask,
 )
 from agrl.model.hf import CheckpointError, config_from_hf, load_pretrained, save_pretrained
+from agrl.model.params import init_params, param_logical_axes, param_shapes
 from agrl.model.presets import PRESETS, preset
 
 from_hf = config_from_hf

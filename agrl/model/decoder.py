@@ -23,103 +23,17 @@ write index travel with it.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from agrl.config import ModelConfig
-from agrl.sharding import constrain
+from agrl.model.params import Params
+from agrl.parallel.sharding import constrain
 
-Params = dict[str, Any]
 UNROLL_MAX_LAYERS = 8  # deeper models scan rolled (compile time independent of depth)
 MASK_VALUE = -1e30  # finite: a query row with no valid key gives a uniform softmax, not NaN
-
-
-def _dtype(name: str) -> jnp.dtype:
-    return jnp.dtype(name)
-
-
-def param_shapes(cfg: ModelConfig) -> Params:
-    """Shape of every parameter, same tree as `init_params`."""
-    L, D, H, K, Hd, F, V = (
-        cfg.num_layers,
-        cfg.hidden_size,
-        cfg.num_heads,
-        cfg.num_kv_heads,
-        cfg.head_dim,
-        cfg.intermediate_size,
-        cfg.vocab_size,
-    )
-    layers = {
-        "attn_norm": (L, D),
-        "wq": (L, D, H, Hd),
-        "wk": (L, D, K, Hd),
-        "wv": (L, D, K, Hd),
-        "wo": (L, H, Hd, D),
-        "mlp_norm": (L, D),
-        "w_gate": (L, D, F),
-        "w_up": (L, D, F),
-        "w_down": (L, F, D),
-    }
-    if cfg.qkv_bias:
-        layers |= {"bq": (L, H, Hd), "bk": (L, K, Hd), "bv": (L, K, Hd)}
-    if cfg.qk_norm:
-        layers |= {"q_norm": (L, Hd), "k_norm": (L, Hd)}
-    shapes = {"embed": (V, D), "layers": layers, "final_norm": (D,)}
-    if not cfg.tie_embeddings:
-        shapes["lm_head"] = (D, V)
-    return shapes
-
-
-def param_logical_axes(cfg: ModelConfig) -> Params:
-    """Logical axis names per parameter dimension (same tree as params); see agrl.sharding."""
-    layers = {
-        "attn_norm": ("layers", "norm"),
-        "wq": ("layers", "embed", "heads", "head_dim"),
-        "wk": ("layers", "embed", "kv_heads", "head_dim"),
-        "wv": ("layers", "embed", "kv_heads", "head_dim"),
-        "wo": ("layers", "heads", "head_dim", "embed"),
-        "mlp_norm": ("layers", "norm"),
-        "w_gate": ("layers", "embed", "mlp"),
-        "w_up": ("layers", "embed", "mlp"),
-        "w_down": ("layers", "mlp", "embed"),
-    }
-    if cfg.qkv_bias:
-        layers |= {
-            "bq": ("layers", "heads", "head_dim"),
-            "bk": ("layers", "kv_heads", "head_dim"),
-            "bv": ("layers", "kv_heads", "head_dim"),
-        }
-    if cfg.qk_norm:
-        layers |= {"q_norm": ("layers", "norm"), "k_norm": ("layers", "norm")}
-    axes = {"embed": ("vocab", "embed"), "layers": layers, "final_norm": ("norm",)}
-    if not cfg.tie_embeddings:
-        axes["lm_head"] = ("embed", "vocab")
-    return axes
-
-
-def init_params(cfg: ModelConfig, key: jax.Array, init_std: float = 0.02) -> Params:
-    """Random params: N(0, init_std^2) matrices, unit norm weights, zero biases."""
-    shapes = param_shapes(cfg)
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    paths = [
-        jax.tree_util.keystr(p)
-        for p, _ in jax.tree_util.tree_flatten_with_path(
-            shapes, is_leaf=lambda x: isinstance(x, tuple)
-        )[0]
-    ]
-    keys = jax.random.split(key, len(leaves))
-    dtype = _dtype(cfg.param_dtype)
-    out = []
-    for path, shape, k in zip(paths, leaves, keys, strict=True):
-        if "norm" in path:
-            out.append(jnp.ones(shape, dtype))
-        elif "'b" in path:
-            out.append(jnp.zeros(shape, dtype))
-        else:
-            out.append((init_std * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
-    return jax.tree.unflatten(treedef, out)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
@@ -166,7 +80,7 @@ class KVCache(NamedTuple):
 def init_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
     """Empty cache of `slots` positions; bytes = 2 * L * B * K * C * Hd * itemsize."""
     shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
-    dt = _dtype(cfg.compute_dtype)
+    dt = jnp.dtype(cfg.compute_dtype)
     return KVCache(
         jnp.zeros(shape, dt),
         jnp.zeros(shape, dt),
@@ -261,7 +175,7 @@ def _unroll(cfg: ModelConfig) -> int:
 
 
 def _cast(params: Params, cfg: ModelConfig) -> Params:
-    dt = _dtype(cfg.compute_dtype)
+    dt = jnp.dtype(cfg.compute_dtype)
     return jax.tree.map(lambda p: p.astype(dt), params)
 
 
@@ -324,7 +238,7 @@ def hidden_states(
 def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
     """[D, V]: lm_head, or embed^T when embeddings are tied."""
     w = params["embed"].T if cfg.tie_embeddings else params["lm_head"]
-    return w.astype(_dtype(cfg.compute_dtype))
+    return w.astype(jnp.dtype(cfg.compute_dtype))
 
 
 def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from agrl.config import ModelConfig
-from agrl.model.decoder import Params, param_shapes
+from agrl.model.params import Params, param_shapes
 
 ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 INDEX = "model.safetensors.index.json"

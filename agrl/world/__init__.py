@@ -13,8 +13,8 @@ import importlib
 _LAZY = {
     "WorldConfig": "agrl.world.config",
     "TeacherConfig": "agrl.world.config",
-    "QUERY_TYPES": "agrl.world.config",
-    "HARD_TYPES": "agrl.world.config",
+    "QUERY_TYPES": "agrl.task.data",
+    "HARD_TYPES": "agrl.task.data",
     "SPLITS": "agrl.world.config",
     "generate_world": "agrl.world.splits",
     "write_world": "agrl.world.splits",

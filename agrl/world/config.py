@@ -11,9 +11,8 @@ import math
 from dataclasses import dataclass, field
 
 from agrl.config import ConfigError
+from agrl.task.data import QUERY_TYPES
 
-QUERY_TYPES: tuple[str, ...] = ("plain", "attribute", "negation", "alternative", "qa", "knowledge")
-HARD_TYPES: tuple[str, ...] = ("negation", "alternative", "qa", "knowledge")
 SPLITS: tuple[str, ...] = ("sft", "rl", "b_eval", "w_eval")
 
 

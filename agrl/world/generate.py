@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from agrl.task.data import QUERY_TYPES
+from agrl.task.rules import ACCESSORY, DIM_INDEX, MATCH, MISMATCH, NA, PARTIAL, R, rule_label
 from agrl.world import catalog as C
-from agrl.world.config import QUERY_TYPES, WorldConfig
-from agrl.world.rules import ACCESSORY, DIM_INDEX, MATCH, MISMATCH, NA, PARTIAL, R, rule_label
+from agrl.world.config import WorldConfig
 
 ATTR_KINDS: tuple[str, ...] = ("color", "size", "material")
 Knowledge = Mapping[str, frozenset[str]]

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agrl.format import render_prompt, render_rationale, render_response
+from agrl.task.data import QUERY_TYPES
+from agrl.task.format import render_prompt, render_rationale, render_response
+from agrl.task.rules import CODE_NAMES, DIMS, rule_label
 from agrl.world import catalog as C
-from agrl.world.config import QUERY_TYPES, SPLITS, WorldConfig
+from agrl.world.config import SPLITS, WorldConfig
 from agrl.world.generate import (
     feasible_types,
     item_summary,
@@ -26,7 +28,6 @@ from agrl.world.generate import (
     sample_pair,
     title_text,
 )
-from agrl.world.rules import CODE_NAMES, DIMS, rule_label
 from agrl.world.teacher import draw_slices, teacher_judge, teacher_knowledge
 
 GEN_ORDER: tuple[str, ...] = ("b_eval", "w_eval", "rl", "sft")
@@ -109,7 +110,7 @@ def dump_records(records: list[dict], path: str | Path) -> None:
 
 def world_vocabulary() -> list[str]:
     """Every word the world can write (catalog, templates, summaries, format markers)."""
-    from agrl.format import FORMAT_WORDS
+    from agrl.task.format import FORMAT_WORDS
     from agrl.world.generate import ATTR_KINDS
 
     words: list[str] = list(FORMAT_WORDS)
@@ -170,7 +171,7 @@ def format_summary(summary: dict) -> str:
 
 def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict:
     """Write <split>.jsonl for every split and tokenizer/ into out_dir; return the summary."""
-    from agrl.tokenizer import build_tokenizer
+    from agrl.task.tokenizer import build_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agrl.format import render_response
+from agrl.task.format import render_response
+from agrl.task.rules import rule_label
 from agrl.world import catalog as C
 from agrl.world.config import TeacherConfig
 from agrl.world.generate import (
@@ -32,7 +33,6 @@ from agrl.world.generate import (
     judge,
     query_summary,
 )
-from agrl.world.rules import rule_label
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from agrl.advantages import compute_advantages, group_stats
 from agrl.config import Config
-from agrl.guidance import build_forced_prefixes, forced_token_weights, select_guided_slots
-from agrl.loss import policy_loss
-from agrl.rewards import compute_rewards
-from agrl.world.rules import R, rule_label
+from agrl.rl.advantages import compute_advantages, group_stats
+from agrl.rl.guidance import build_forced_prefixes, forced_token_weights, select_guided_slots
+from agrl.rl.loss import policy_loss
+from agrl.rl.rewards import compute_rewards
+from agrl.task.rules import R, rule_label
 
 PATH = Path(__file__).with_name("agrl_default.npz")
 B, G, T, LG = 4, 4, 8, 6

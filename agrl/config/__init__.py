@@ -1,0 +1,56 @@
+"""The configuration tree (SPEC 1-9): schema, TOML / `a.b=c` io, method presets.
+
+    from agrl.config import build_config
+    cfg = build_config("run.toml", ["train.method=grpo", "optim.lr=3e-4"])
+
+Every section is a frozen, validated dataclass (hashable: a valid static jit argument).
+"""
+
+from agrl.config.base import ConfigError
+from agrl.config.io import (
+    apply_overrides,
+    build_section,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    load_toml,
+    merge_dicts,
+)
+from agrl.config.presets import method_preset
+from agrl.config.rl import AdvantageConfig, GuidanceConfig, LossConfig, RewardConfig
+from agrl.config.schema import (
+    Config,
+    DPOConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimConfig,
+    PathsConfig,
+    SamplingConfig,
+    SFTConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "AdvantageConfig",
+    "Config",
+    "ConfigError",
+    "DPOConfig",
+    "GuidanceConfig",
+    "LossConfig",
+    "MeshConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PathsConfig",
+    "RewardConfig",
+    "SFTConfig",
+    "SamplingConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "build_section",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "load_toml",
+    "merge_dicts",
+    "method_preset",
+]

@@ -1,0 +1,118 @@
+"""Building a Config: TOML files, `section.key=value` overrides, typed coercion; errors name
+the field and the bad value."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from agrl.config.base import ConfigError, check
+from agrl.config.schema import Config
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Turn a TOML value or an override string into the field's declared type."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        check(value in args, name, value, f"must be one of {list(args)}")
+        return value
+    if origin in (tuple,) and args:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        check(isinstance(value, (list, tuple)), name, value, "must be a list")
+        return tuple(_coerce(v, args[0], f"{name}[]") for v in value)
+    if args and type(None) in args:  # X | None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if hint is bool:
+        if isinstance(value, str):
+            check(
+                value.lower() in ("true", "false", "1", "0"), name, value, "must be true or false"
+            )
+            return value.lower() in ("true", "1")
+        check(isinstance(value, bool), name, value, "must be true or false")
+        return value
+    if hint in (int, float):
+        try:
+            out = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: must be a {hint.__name__}") from None
+        if hint is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{name}={value!r}: must be an int")
+        return out
+    if hint is str:
+        return str(value)
+    return value
+
+
+def build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    kwargs = {}
+    known = {f.name for f in fields(cls)}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{name}: unknown field (known: {sorted(known)})")
+        hint = hints[key]
+        if is_dataclass(hint):
+            check(isinstance(value, dict), name, value, "must be a table")
+            kwargs[key] = build_section(hint, value, f"{name}.")
+        else:
+            kwargs[key] = _coerce(value, hint, name)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return build_section(Config, data, "")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge `a.b=c` strings into a nested dict (strings are coerced later, by type)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        path, value = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a section")
+        node[keys[-1]] = value.strip()
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file as a nested dict; a missing or malformed file raises ConfigError."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+
+
+def merge_dicts(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge; values of `top` win."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = (
+            merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    data = load_toml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, greedy / posterior policy evaluation, scoring."""

@@ -1,0 +1,254 @@
+"""The tables and figures of `agrl reproduce` (SPEC 8): aggregate per-seed evaluations into
+mean +- std rows, write results.md (b_eval / w_eval tables, accuracy per hard query type,
+the pass@G diagnostics at the RL start) and Figures 1-3 as PNG files.
+
+Inputs are plain dicts: per_seed[seed] = {"models": {row: {"b_eval", "w_eval", "evals"?}},
+"diagnostics": agrl.policy_eval.pass_at_g output}; `plan` is an agrl.reproduce.ReproducePlan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agrl.experiments.setup import METHOD_NAMES, METHODS, ROW_NAMES, ROWS, fmt_seconds
+from agrl.task.data import HARD_TYPES
+
+if TYPE_CHECKING:
+    from agrl.experiments.setup import ReproducePlan
+
+
+# ---------------------------------------------------------------------------------------
+# Results: table, diagnostics, figures.
+
+TABLE_COLUMNS: tuple[str, ...] = (
+    "macro_f1",
+    "accuracy",
+    "f1_1",
+    "f1_2",
+    "f1_3",
+    "f1_4",
+    "good_f1",
+    "rule_adherence",
+    "step_accuracy",
+)
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
+    """{row: {split: aggregate_seeds over seeds}} for every model row and split."""
+    from agrl.eval.metrics import aggregate_seeds
+
+    out: dict[str, dict[str, Any]] = {}
+    for row in ROWS:
+        out[row] = {}
+        for split in ("b_eval", "w_eval"):
+            runs = [per_seed[s]["models"][row][split] for s in sorted(per_seed)]
+            out[row][split] = aggregate_seeds(runs)
+    return out
+
+
+def _type_table(agg: dict, split: str) -> str:
+    types = [t for t in HARD_TYPES if t in agg["dpo"][split].get("accuracy_by_type", {})]
+    rows = {ROW_NAMES[r]: agg[r][split].get("accuracy_by_type", {}) for r in ROWS}
+    from agrl.eval.metrics import metrics_table_markdown
+
+    return metrics_table_markdown(rows, types)
+
+
+def _teacher_table(agg: dict, split: str = "b_eval") -> str | None:
+    """Accuracy on the records the teacher labels wrong / right (per hard type for the
+    wrong ones), or None when the evaluations carry no teacher_split (agrl.policy_eval)."""
+    from agrl.eval.metrics import metrics_table_markdown
+
+    if not all("teacher_split" in agg[r][split] for r in ROWS):
+        return None
+    rows = {}
+    for r in ROWS:
+        ts = agg[r][split]["teacher_split"]
+        cells = {"teacher wrong": ts["teacher_wrong"]["accuracy"]}
+        cells |= {"teacher right": ts["teacher_right"]["accuracy"]}
+        by_type = ts["teacher_wrong"].get("by_type", {})
+        cells |= {f"wrong: {t}": by_type[t] for t in HARD_TYPES if t in by_type}
+        rows[ROW_NAMES[r]] = cells
+    return metrics_table_markdown(rows, list(next(iter(rows.values()))))
+
+
+def _diag_table(per_seed: dict[int, dict]) -> str:
+    """Mean over seeds of the pass@G diagnostics per query type (in percent)."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]["diagnostics"]
+    G = first["group_size"]
+    lines = [
+        f"| query type | prompts | pass@{G} | mean acc | zero correct of {G} | all correct |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = [*first["by_type"], "overall"]
+    for t in names:
+        stats = [
+            per_seed[s]["diagnostics"]["by_type"].get(t)
+            if t != "overall"
+            else per_seed[s]["diagnostics"]["overall"]
+            for s in seeds
+        ]
+        stats = [x for x in stats if x]
+        mean = {k: float(np.mean([x[k] for x in stats])) for k in stats[0]}
+        lines.append(
+            f"| {t} | {mean['n']:.0f} | {100 * mean['pass_at_g']:.1f} | "
+            f"{100 * mean['mean_accuracy']:.1f} | {100 * mean['zero_correct']:.1f} | "
+            f"{100 * mean['all_correct']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def headline(per_seed: dict[int, dict], a: str = "agrl", b: str = "grpo") -> dict[str, Any]:
+    """The issue-6 target in numbers: method a minus method b on b_eval, per seed.
+
+    Returns {"seeds", "macro_f1": {a, b, delta: per-seed lists}, "by_type": {type: delta
+    list}} with macro-F1 and accuracies in percent; deltas are a - b on the same seed.
+    """
+    seeds = sorted(per_seed)
+
+    def get(row: str, s: int) -> dict:
+        return per_seed[s]["models"][row]["b_eval"]
+
+    fa = [100 * get(a, s)["macro_f1"] for s in seeds]
+    fb = [100 * get(b, s)["macro_f1"] for s in seeds]
+    by_type = {}
+    for t in HARD_TYPES:
+        if all(t in get(r, s).get("accuracy_by_type", {}) for r in (a, b) for s in seeds):
+            by_type[t] = [
+                100 * (get(a, s)["accuracy_by_type"][t] - get(b, s)["accuracy_by_type"][t])
+                for s in seeds
+            ]
+    return {
+        "seeds": seeds,
+        "macro_f1": {a: fa, b: fb, "delta": [x - y for x, y in zip(fa, fb, strict=True)]},
+        "by_type": by_type,
+    }
+
+
+def _std(xs: list[float]) -> float:
+    """Sample std over seeds (ddof=1, as agrl.evaluate.aggregate_seeds), 0 for one seed."""
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def _mean_std(xs: list[float]) -> str:
+    return f"{float(np.mean(xs)):+.2f} ± {_std(xs):.2f}"
+
+
+def _headline_md(h: dict[str, Any], a: str = "agrl", b: str = "grpo") -> str:
+    """A per-seed table of method a vs method b (b_eval macro-F1 and hard-type accuracy)."""
+    na, nb = METHOD_NAMES[a], METHOD_NAMES[b]
+    types = list(h["by_type"])
+    head = ["seed", f"{na} macro-F1", f"{nb} macro-F1", "Δ macro-F1", *[f"Δ {t}" for t in types]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mf = h["macro_f1"]
+    for i, s in enumerate(h["seeds"]):
+        cells = [f"{mf[a][i]:.2f}", f"{mf[b][i]:.2f}", f"{mf['delta'][i]:+.2f}"]
+        cells += [f"{h['by_type'][t][i]:+.2f}" for t in types]
+        lines.append("| " + " | ".join([str(s), *cells]) + " |")
+    cells = [f"{np.mean(mf[m]):.2f} (std {_std(mf[m]):.2f})" for m in (a, b)]
+    cells += [_mean_std(mf["delta"]), *[_mean_std(h["by_type"][t]) for t in types]]
+    lines.append("| mean | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(plan: ReproducePlan, agg: dict, per_seed: dict[int, dict], wall: dict) -> str:
+    """results.md: the SPEC 8 table for b_eval and w_eval, per-type accuracy, diagnostics."""
+    from agrl.eval.metrics import metrics_table_markdown
+
+    n = len(plan.seeds)
+    total = sum(v["seconds"] for v in wall.values() if isinstance(v, dict))
+    parts = [
+        "# agrl reproduce: results\n",
+        f"Seeds: {list(plan.seeds)} (mean ± std over {n} seed{'s' * (n > 1)}; std is 0 with "
+        f"one seed). {'QUICK smoke run: tiny sizes, not a result. ' if plan.quick else ''}"
+        f"Greedy decoding on the first {plan.cfg.train.eval_size} records of each split. "
+        f"Stage time (summed, this directory): {fmt_seconds(total)}.\n",
+    ]
+    for split in ("b_eval", "w_eval"):
+        rows = {ROW_NAMES[r]: agg[r][split] for r in ROWS}
+        parts += [f"## {split}\n", metrics_table_markdown(rows, TABLE_COLUMNS)]
+    parts += ["## b_eval accuracy per hard query type (%)\n", _type_table(agg, "b_eval")]
+    teacher = _teacher_table(agg)
+    if teacher:
+        n_wrong = agg["dpo"]["b_eval"]["teacher_split"]["teacher_wrong"]["n"][0]
+        parts += [
+            "## b_eval accuracy where the teacher is wrong (%)\n",
+            f"The {n_wrong:.0f} b_eval records whose teacher label (meta.teacher_label) differs "
+            "from the gold one: SFT learns the teacher's mistakes there, and only guidance "
+            "with gold answers (AGR) or luck in sampling can undo them.\n",
+            teacher,
+        ]
+    parts += [
+        "## AGRL vs GRPO on b_eval, per seed\n",
+        "Δ = AGRL - GRPO on the same seed (macro-F1, and accuracy per hard query type, in "
+        "points); the issue-6 target is Δ macro-F1 >= 3 on average, positive Δ on negation, "
+        "alternative and knowledge, and a smaller std for AGRL than for GRPO.\n",
+        _headline_md(headline(per_seed)),
+    ]
+    parts += [
+        "## Diagnostics at the RL start (DPO policy, rl pool)\n",
+        f"G = {plan.cfg.sampling.group_size} samples per prompt at the training temperature "
+        f"{plan.cfg.sampling.temperature}; 'zero correct' groups give plain GRPO no outcome "
+        "signal (what AGR is for). Percent, mean over seeds.\n",
+        _diag_table(per_seed),
+        "The oracle row (SFT on gold responses, same budget) is the ceiling of what this "
+        "model size and SFT budget can learn.\n",
+        "Figures: fig1_macro_f1.png, fig1_accuracy.png, fig2_zero_variance_trigger.png, "
+        "fig3_type_accuracy.png.\n",
+    ]
+    return "\n".join(parts)
+
+
+def _metric_series(per_seed: dict[int, dict], method: str, key: str) -> list:
+    return [
+        ([e["step"] for e in per_seed[s]["models"][method]["evals"]],
+         [e[key] for e in per_seed[s]["models"][method]["evals"]])
+        for s in sorted(per_seed)
+    ]  # fmt: skip
+
+
+def _log_series(plan: ReproducePlan, method: str, key: str) -> list:
+    from agrl.experiments.plots import series_from_records
+    from agrl.train.metrics_log import read_metrics
+
+    return [
+        series_from_records(read_metrics(plan.out / f"seed{s}" / f"rl_{method}"), key)
+        for s in plan.seeds
+    ]
+
+
+def write_figures(
+    plan: ReproducePlan, per_seed: dict[int, dict], agg: dict, agr_methods: list[str]
+) -> list[Path]:
+    """Figures 1-3 of SPEC 8 as PNG files in --out; agr_methods: the methods that run AGR
+    (their trigger rate is drawn in Figure 2)."""
+    from agrl.experiments.plots import (
+        plot_curves,
+        plot_per_type_accuracy,
+        plot_zero_variance_and_trigger,
+    )
+
+    out = plan.out
+    paths = []
+    for key, label in (("macro_f1", "b_eval macro-F1"), ("accuracy", "b_eval accuracy")):
+        series = {METHOD_NAMES[m]: _metric_series(per_seed, m, key) for m in METHODS}
+        paths.append(plot_curves(series, label, out / f"fig1_{key}.png", title=label))
+    zero = {METHOD_NAMES[m]: _log_series(plan, m, "zero_variance_frac") for m in METHODS}
+    trig = {METHOD_NAMES[m]: _log_series(plan, m, "agr_trigger_rate") for m in agr_methods}
+    paths.append(plot_zero_variance_and_trigger(zero, trig, out / "fig2_zero_variance_trigger.png"))
+
+    def by_type(row: str) -> dict[str, float]:
+        accs = agg[row]["b_eval"].get("accuracy_by_type", {})
+        return {t: accs[t][0] for t in HARD_TYPES if t in accs}
+
+    after = {METHOD_NAMES[m]: by_type(m) for m in METHODS}
+    paths.append(
+        plot_per_type_accuracy(
+            by_type("dpo"), after, out / "fig3_type_accuracy.png", before_label="DPO (before RL)"
+        )
+    )
+    return paths

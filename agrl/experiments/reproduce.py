@@ -1,0 +1,382 @@
+"""`agrl reproduce`: the main job of SPEC 8 on the relevance world, sized for a CPU.
+
+    world -> SFT (teacher responses) and oracle SFT (gold responses) -> DPO (pass@N pairs)
+    -> diagnostics (pass@G of the DPO policy on the rl pool) -> RL with every method of
+    METHODS from the same DPO start -> evaluation of every model on b_eval and w_eval
+    -> results.json, results.md, fig1..fig3 PNGs, run.json
+
+Every stage writes into its own directory under --out; a stage whose model/ and eval.json
+exist is reused, an unfinished one resumes from its last checkpoint (agrl.train). The
+configuration is layered: DEFAULTS (CPU-sized), then QUICK with --quick, then a TOML file
+(--config), then `section.key=value` overrides; `world.*` keys (a `[world]` table or
+`world.n_sft=...`) configure agrl.world.config.WorldConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agrl.config import (
+    Config,
+    ConfigError,
+    config_to_dict,
+    method_preset,
+)
+from agrl.experiments.report import aggregate, headline, results_markdown, write_figures
+from agrl.experiments.setup import (
+    METHODS,
+    ROW_NAMES,
+    ROWS,
+    ReproducePlan,
+    build_plan,
+    fmt_seconds,
+    method_config,
+    with_run,
+)
+from agrl.train.loop import RunError
+
+# ---------------------------------------------------------------------------------------
+# Configuration.
+
+
+# ---------------------------------------------------------------------------------------
+# Progress, timing and provenance.
+
+
+class Progress:
+    """An overall stage counter with elapsed time and an ETA from per-stage cost estimates."""
+
+    def __init__(self, costs: list[tuple[str, float]], wall: dict[str, Any]):
+        self.costs = dict(costs)
+        self.order = [name for name, _ in costs]
+        self.wall = wall
+        self.t0 = time.perf_counter()
+        self.done_cost = 0.0
+        self.spent = 0.0
+
+    def start(self, name: str) -> None:
+        i = self.order.index(name) + 1
+        elapsed = time.perf_counter() - self.t0
+        left = sum(self.costs[n] for n in self.order[i - 1 :])
+        rate = self.spent / self.done_cost if self.done_cost else None
+        eta = f"ETA {fmt_seconds(rate * left)}" if rate else "ETA unknown"
+        print(
+            f"[stage {i}/{len(self.order)}] {name}  elapsed {fmt_seconds(elapsed)}, {eta}",
+            flush=True,
+        )
+
+    def finish(self, name: str, seconds: float, reused: bool) -> None:
+        if reused and name in self.wall:
+            return  # keep the wall time of the invocation that made the stage
+        self.wall[name] = {"seconds": round(seconds, 2), "reused": reused}
+        if not reused:
+            self.done_cost += self.costs[name]
+            self.spent += seconds
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("agrl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import jax
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
+
+
+def _run_config(plan: ReproducePlan) -> dict[str, Any]:
+    return {
+        "config": config_to_dict(plan.cfg),
+        "world": dataclasses.asdict(plan.world),
+        "diag_prompts": plan.diag_prompts,
+        "methods": {m: method_preset(m) for m in METHODS},
+        "quick": plan.quick,
+    }
+
+
+def _check_same_run(plan: ReproducePlan) -> dict[str, Any]:
+    """The wall times of an earlier run in the same directory; refuses a different config."""
+    path = plan.out / "run.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(_run_config(plan), default=str))
+    if old.get("run_config") != new:
+        raise RunError(
+            f"{plan.out} holds a run with a different configuration (see {path}); "
+            "use another --out or the same options"
+        )
+    return old.get("wall_seconds", {})
+
+
+def _write_run_json(plan: ReproducePlan, wall: dict[str, Any], total: float) -> None:
+    from agrl.eval.metrics import write_json
+
+    write_json(
+        plan.out / "run.json",
+        {
+            "command": " ".join(["agrl", *sys.argv[1:]]) if sys.argv else "agrl reproduce",
+            "run_config": json.loads(json.dumps(_run_config(plan), default=str)),
+            "seeds": list(plan.seeds),
+            "versions": _versions(),
+            "machine": _machine(),
+            "wall_seconds": wall,
+            "total_seconds_this_invocation": round(total, 2),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Stages.
+
+
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "model" / "config.json").exists() and (run_dir / "eval.json").exists()
+
+
+def _load_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _eval_records(cfg: Config, world_dir: Path, split: str) -> list[dict]:
+    from agrl.task.data import load_records
+
+    return load_records(world_dir / f"{split}.jsonl")[: cfg.train.eval_size]
+
+
+def _policy(model_dir: Path, cfg: Config) -> tuple[Any, Config]:
+    from agrl.model import load_pretrained
+
+    params, model_cfg = load_pretrained(model_dir)
+    return params, dataclasses.replace(cfg, model=model_cfg)
+
+
+def _trained_stage(run_fn, cfg: Config, run_dir: Path, tok, world_dir: Path) -> dict:
+    """Train (or reuse / resume) one model, then evaluate it on w_eval as well.
+
+    b_eval metrics are the run's own eval.json (greedy, the first train.eval_size records);
+    w_eval metrics go to eval_w.json.  Returns {b_eval, w_eval, evals?, mining?}.
+    """
+    from agrl.eval.metrics import write_json
+    from agrl.eval.policy_eval import evaluate_policy
+
+    summary = {} if _done(run_dir) else run_fn(cfg, resume=True)
+    if summary and not summary.get("complete", True):
+        raise RunError(f"{run_dir}: the run stopped before its last step")
+    w_path = run_dir / "eval_w.json"
+    if not w_path.exists():
+        params, pcfg = _policy(run_dir / "model", cfg)
+        metrics, _ = evaluate_policy(params, pcfg, tok, _eval_records(cfg, world_dir, "w_eval"))
+        write_json(w_path, metrics)
+    out = {"b_eval": _load_json(run_dir / "eval.json"), "w_eval": _load_json(w_path)}
+    if (run_dir / "evals.json").exists():
+        out["evals"] = _load_json(run_dir / "evals.json")
+    if (run_dir / "pairs.json").exists():
+        out["mining"] = _load_json(run_dir / "pairs.json")
+    return out
+
+
+def _prepare_world(plan: ReproducePlan) -> Path:
+    """Write the world once (splits, tokenizer) plus sft_gold.jsonl for the oracle SFT."""
+    from agrl.task.tokenizer import load_tokenizer
+    from agrl.world.splits import write_world
+
+    world_dir = plan.out / "world"
+    gold_file = world_dir / "sft_gold.jsonl"
+    if not (world_dir / "summary.json").exists() or not gold_file.exists():
+        write_world(plan.world, world_dir)
+        with open(world_dir / "sft.jsonl") as f, open(gold_file, "w") as g:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    rec["response"] = rec["gold_response"]
+                    g.write(json.dumps(rec) + "\n")
+    n_tok = len(load_tokenizer(world_dir / "tokenizer"))
+    if plan.cfg.model.vocab_size < n_tok:
+        raise ConfigError(
+            f"model.vocab_size={plan.cfg.model.vocab_size}: smaller than the world "
+            f"tokenizer's {n_tok} tokens; raise it"
+        )
+    return world_dir
+
+
+def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path, tok) -> dict:
+    from agrl.eval.metrics import write_json
+    from agrl.eval.policy_eval import pass_at_g
+    from agrl.task.data import load_records
+
+    path = plan.out / f"seed{seed}" / "diagnostics.json"
+    if path.exists():
+        return _load_json(path)
+    records = load_records(world_dir / "rl.jsonl")
+    if plan.diag_prompts:
+        pick = np.random.default_rng(seed).permutation(len(records))[: plan.diag_prompts]
+        records = [records[i] for i in sorted(pick)]
+    params, pcfg = _policy(plan.out / f"seed{seed}" / "dpo" / "model", plan.cfg)
+    result = pass_at_g(params, pcfg, tok, records, seed)
+    write_json(path, result)
+    return result
+
+
+def _stage_costs(plan: ReproducePlan) -> list[tuple[str, float]]:
+    """(stage name, rough cost in 'SFT steps') for the overall ETA."""
+    c = plan.cfg
+    sft = float(c.sft.steps) + 20
+    mine = c.dpo.mine_prompts * c.dpo.pass_n / 16
+    costs = [("world", 10.0)]
+    for s in plan.seeds:
+        costs += [(f"seed{s}/sft", sft), (f"seed{s}/oracle", sft)]
+        costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20)]
+        costs += [(f"seed{s}/diagnostics", plan.diag_prompts * c.sampling.group_size / 16)]
+        rl = c.train.steps * 0.3 * c.train.prompts_per_step + 250  # ~0.05 s per prompt-step
+        costs += [(f"seed{s}/rl_{m}", rl) for m in METHODS]
+    return costs
+
+
+def _run_seed(plan: ReproducePlan, seed: int, world_dir: Path, tok, progress: Progress) -> dict:
+    from agrl.train.stages import run_dpo, run_rl, run_sft
+
+    base = plan.out / f"seed{seed}"
+    cfg, results = plan.cfg, {}
+
+    def stage(name: str, fn):
+        full = f"seed{seed}/{name}"
+        progress.start(full)
+        reused = (base / name / "eval_w.json").exists() or (
+            name == "diagnostics" and (base / "diagnostics.json").exists()
+        )
+        t = time.perf_counter()
+        value = fn()
+        progress.finish(full, time.perf_counter() - t, reused)
+        return value
+
+    world = str(world_dir)
+    sft_cfg = with_run(cfg, seed=seed, world=world, out=str(base / "sft"))
+    results["sft"] = stage(
+        "sft", lambda: _trained_stage(run_sft, sft_cfg, base / "sft", tok, world_dir)
+    )
+    gold = str(world_dir / "sft_gold.jsonl")
+    ocfg = with_run(cfg, seed=seed, world=world, train_data=gold, out=str(base / "oracle"))
+    results["oracle"] = stage(
+        "oracle", lambda: _trained_stage(run_sft, ocfg, base / "oracle", tok, world_dir)
+    )
+    sft_model = str(base / "sft" / "model")
+    dcfg = with_run(cfg, seed=seed, world=world, init=sft_model, out=str(base / "dpo"))
+    results["dpo"] = stage(
+        "dpo", lambda: _trained_stage(run_dpo, dcfg, base / "dpo", tok, world_dir)
+    )
+    diag = stage("diagnostics", lambda: _diag_stage(plan, seed, world_dir, tok))
+    dpo_model = str(base / "dpo" / "model")
+    for m in METHODS:
+        rdir = base / f"rl_{m}"
+        rcfg = with_run(
+            method_config(cfg, m), seed=seed, world=world, init=dpo_model, out=str(rdir)
+        )
+        results[m] = stage(
+            f"rl_{m}",
+            lambda rcfg=rcfg, rdir=rdir: _trained_stage(run_rl, rcfg, rdir, tok, world_dir),
+        )
+    return {"models": results, "diagnostics": diag}
+
+
+# ---------------------------------------------------------------------------------------
+# The job.
+
+
+def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
+    """Run (or resume) every stage of the plan and write results.json, results.md, figures
+    and run.json into plan.out.  Returns {results, paths}."""
+    from agrl.eval.metrics import write_json
+    from agrl.task.tokenizer import load_tokenizer
+    from agrl.train.loop import check_writable
+
+    check_writable(plan.out)
+    wall = dict(_check_same_run(plan))
+    t0 = time.perf_counter()
+    progress = Progress(_stage_costs(plan), wall)
+    _write_run_json(plan, wall, 0.0)
+    progress.start("world")
+    t = time.perf_counter()
+    reused = (plan.out / "world" / "sft_gold.jsonl").exists()
+    world_dir = _prepare_world(plan)
+    progress.finish("world", time.perf_counter() - t, reused)
+    tok = load_tokenizer(world_dir / "tokenizer")
+    per_seed: dict[int, dict] = {}
+    for seed in plan.seeds:
+        per_seed[seed] = _run_seed(plan, seed, world_dir, tok, progress)
+        _write_run_json(plan, wall, time.perf_counter() - t0)
+    agg = aggregate(per_seed)
+    results = {
+        "seeds": list(plan.seeds),
+        "rows": {r: ROW_NAMES[r] for r in ROWS},
+        "aggregate": agg,
+        "agrl_vs_grpo": headline(per_seed),
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+    }
+    paths = [write_json(plan.out / "results.json", results)]
+    md = plan.out / "results.md"
+    md.write_text(results_markdown(plan, agg, per_seed, wall))
+    agr_methods = [m for m in METHODS if method_config(plan.cfg, m).guidance.enabled]
+    paths += [md, *write_figures(plan, per_seed, agg, agr_methods)]
+    _write_run_json(plan, wall, time.perf_counter() - t0)
+    paths.append(plan.out / "run.json")
+    print(
+        f"done in {fmt_seconds(time.perf_counter() - t0)}; wrote "
+        + ", ".join(p.name for p in paths)
+    )
+    return {"results": results, "paths": paths}
+
+
+def _cmd(args) -> int:
+    plan = build_plan(
+        quick=args.quick,
+        seeds=args.seeds,
+        out=args.out,
+        config=args.config,
+        overrides=args.overrides,
+    )
+    run_reproduce(plan)
+    print((plan.out / "results.md").read_text())
+    return 0
+
+
+def add_reproduce(sub) -> None:
+    """Register `agrl reproduce` with the CLI's subparsers."""
+    p = sub.add_parser(
+        "reproduce",
+        help="the main job: world -> SFT -> DPO -> RL (5 methods) -> table + figures",
+        description=(
+            "Reproduce the SPEC 8 comparison on the relevance world. Reruns on the same --out "
+            "reuse finished stages and resume unfinished ones. Overrides: section.key=value "
+            "for the Config tree, world.key=value for the world, diag.prompts=N."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in minutes")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
+    p.add_argument("--out", default="runs/reproduce", help="output directory")
+    p.add_argument("--config", default=None, help="TOML file layered over the defaults")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,1 @@
+"""The RL core: rollout types, rewards (RRS), advantages, guided replay (AGR), losses."""

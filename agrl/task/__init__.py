@@ -1,0 +1,1 @@
+"""What a relevance judgment is: the rule book, response format, data schema, tokenizer."""

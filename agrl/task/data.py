@@ -1,0 +1,214 @@
+"""User and world data: the JSONL record schema, its validation, tokenisation and padding.
+
+Schema (docs/data.md): one JSON object per line with
+    query (str), item (str), label (int 1..4)              required
+    id (str, unique; default "line-<n>"), query_type, verdicts (dim -> code name, all R
+    dims, consistent with the label by the rule engine), rationale, response,
+    gold_response (str), meta (object, free-form)          optional
+Every problem raises DataError "<path>:<line>: field '<field>': <problem>"; nothing is
+silently dropped (blank lines are not records and are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from agrl.task.format import Order, render_prompt
+from agrl.task.rules import ALLOWED_CODES, CODE_NAMES, CODE_OF_NAME, DIMS, rule_label
+
+QUERY_TYPES: tuple[str, ...] = ("plain", "attribute", "negation", "alternative", "qa", "knowledge")
+
+
+HARD_TYPES: tuple[str, ...] = ("negation", "alternative", "qa", "knowledge")
+MAX_LINE_BYTES = 1 << 20  # 1 MiB: longer lines are rejected, not truncated
+MAX_TEXT_CHARS = 4096  # per text field (query, item, rationale, response)
+REQUIRED = ("query", "item", "label")
+TEXT_FIELDS = ("query", "item", "rationale", "response", "gold_response")
+KNOWN_FIELDS = frozenset(
+    {"id", "query", "item", "label", "query_type", "verdicts", "meta", *TEXT_FIELDS}
+)
+
+
+class DataError(ValueError):
+    """A bad record or file; the message names the file, line and field."""
+
+    def __init__(self, path, line: int, field: str, problem: str):
+        self.path, self.line, self.field, self.problem = str(path), line, field, problem
+        super().__init__(f"{path}:{line}: field '{field}': {problem}")
+
+
+def _validate(rec, path, line: int) -> dict:
+    """Check one parsed line; return the record with `verdicts` normalised."""
+    if not isinstance(rec, dict):
+        raise DataError(path, line, "<record>", f"must be a JSON object, got {type(rec).__name__}")
+    unknown = sorted(set(rec) - KNOWN_FIELDS)
+    if unknown:
+        raise DataError(
+            path, line, unknown[0], f"unknown field; allowed: {', '.join(sorted(KNOWN_FIELDS))}"
+        )
+    for name in REQUIRED:
+        if name not in rec:
+            raise DataError(path, line, name, "missing (required: query, item, label)")
+    for name in TEXT_FIELDS:
+        if name in rec:
+            v = rec[name]
+            if not isinstance(v, str):
+                raise DataError(path, line, name, f"must be a string, got {type(v).__name__}")
+            if name in ("query", "item") and not v.strip():
+                raise DataError(path, line, name, "must not be empty")
+            if len(v) > MAX_TEXT_CHARS:
+                raise DataError(path, line, name, f"longer than {MAX_TEXT_CHARS} characters")
+    label = rec["label"]
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise DataError(path, line, "label", f"must be an integer 1..4, got {label!r}")
+    if label not in (1, 2, 3, 4):
+        raise DataError(path, line, "label", f"must be 1..4, got {label}")
+    if "id" in rec and (not isinstance(rec["id"], str) or not rec["id"]):
+        raise DataError(path, line, "id", f"must be a non-empty string, got {rec['id']!r}")
+    if "query_type" in rec and rec["query_type"] not in QUERY_TYPES:
+        raise DataError(
+            path, line, "query_type", f"{rec['query_type']!r} is not one of {QUERY_TYPES}"
+        )
+    if "meta" in rec and not isinstance(rec["meta"], dict):
+        raise DataError(path, line, "meta", "must be a JSON object")
+    if "verdicts" in rec:
+        rec = {**rec, "verdicts": _validate_verdicts(rec["verdicts"], label, path, line)}
+    return rec
+
+
+def _validate_verdicts(verdicts, label: int, path, line: int) -> dict[str, str]:
+    if not isinstance(verdicts, dict):
+        raise DataError(path, line, "verdicts", "must be an object {dimension: code}")
+    for dim in verdicts:
+        if dim not in DIMS:
+            raise DataError(path, line, f"verdicts.{dim}", f"unknown dimension; one of {DIMS}")
+    codes = []
+    for dim in DIMS:
+        if dim not in verdicts:
+            raise DataError(path, line, f"verdicts.{dim}", "missing (all dimensions required)")
+        name = verdicts[dim]
+        allowed = sorted(CODE_NAMES[c] for c in ALLOWED_CODES[dim])
+        if not isinstance(name, str) or CODE_OF_NAME.get(name) not in ALLOWED_CODES[dim]:
+            raise DataError(path, line, f"verdicts.{dim}", f"{name!r} is not one of {allowed}")
+        codes.append(CODE_OF_NAME[name])
+    implied = int(rule_label(np.asarray(codes)))
+    if implied != label:
+        raise DataError(
+            path, line, "verdicts", f"imply label {implied} by the rule engine, but label={label}"
+        )
+    return {dim: verdicts[dim] for dim in DIMS}
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Read and validate a JSONL file; every record gets an `id` (default "line-<n>")."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(path, 0, "<file>", f"cannot read: {e.strerror or e}") from None
+    records: list[dict] = []
+    first_line_of: dict[str, int] = {}
+    for n, bline in enumerate(raw.split(b"\n"), start=1):
+        if len(bline) > MAX_LINE_BYTES:
+            raise DataError(path, n, "<line>", f"longer than {MAX_LINE_BYTES} bytes")
+        try:
+            text = bline.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(path, n, "<line>", f"not valid UTF-8 (byte {e.start})") from None
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                path, n, "<json>", f"invalid JSON: {e.msg} (column {e.colno})"
+            ) from None
+        rec = _validate(rec, path, n)
+        rec.setdefault("id", f"line-{n}")
+        if rec["id"] in first_line_of:
+            raise DataError(
+                path,
+                n,
+                "id",
+                f"duplicate id {rec['id']!r} (first on line {first_line_of[rec['id']]})",
+            )
+        first_line_of[rec["id"]] = n
+        records.append(rec)
+    if not records:
+        raise DataError(path, 0, "<file>", "no records (the file is empty)")
+    return records
+
+
+def has_verdicts(records: Sequence[dict]) -> bool:
+    """True when every record carries gold verdicts (else rewards fall back to the label)."""
+    return bool(records) and all("verdicts" in r for r in records)
+
+
+def verdict_array(records: Sequence[dict]) -> np.ndarray:
+    """Gold verdict codes [N, R] int32 of records that all have verdicts."""
+    return np.asarray(
+        [[CODE_OF_NAME[r["verdicts"][d]] for d in DIMS] for r in records], dtype=np.int32
+    ).reshape(len(records), len(DIMS))
+
+
+# ----------------------------------------------------------------------------- tokens
+def encode_prompts(tok, records: Sequence[dict], order: Order = "label_first") -> list[list[int]]:
+    """Prompt ids per record: [bos] (when the tokenizer has one) + the rendered prompt."""
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return [
+        bos + tok.encode(render_prompt(r["query"], r["item"], order), add_special_tokens=False)
+        for r in records
+    ]
+
+
+def encode_responses(tok, texts: Sequence[str]) -> list[list[int]]:
+    """Response ids per text, each ending with eos."""
+    if tok.eos_token_id is None:
+        raise ValueError("tokenizer has no eos token")
+    return [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in texts]
+
+
+def decode_completions(tok, tokens, mask) -> list[str]:
+    """Texts of sampled completions: row i is decode(tokens[i][mask[i]]) (eos kept; the
+    parser tolerates it).  tokens, mask: [N, T] host arrays."""
+    rows = [np.asarray(t)[np.asarray(m, bool)].tolist() for t, m in zip(tokens, mask, strict=True)]
+    return tok.batch_decode(rows, skip_special_tokens=False)
+
+
+def _pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int, left: bool):
+    ids = np.full((len(seqs), length), pad_id, dtype=np.int32)
+    mask = np.zeros((len(seqs), length), dtype=bool)
+    for i, s in enumerate(seqs):
+        if len(s) > length:
+            raise ValueError(f"sequence {i} has {len(s)} tokens > length {length}")
+        if len(s) == 0:
+            continue
+        sl = slice(length - len(s), length) if left else slice(0, len(s))
+        ids[i, sl] = s
+        mask[i, sl] = True
+    return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]], length: int, pad_id: int):
+    """Left-pad to [B, L]: (ids [B, L] int32, mask [B, L] bool). Prompts end at column L-1."""
+    return _pad(seqs, length, pad_id, left=True)
+
+
+def pad_right(seqs: Sequence[Sequence[int]], length: int, pad_id: int):
+    """Right-pad to [B, L]: (ids [B, L] int32, mask [B, L] bool). Responses start at 0."""
+    return _pad(seqs, length, pad_id, left=False)
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length (buckets need not be sorted)."""
+    fits = [b for b in buckets if b >= length]
+    if not fits:
+        raise ValueError(
+            f"length {length} exceeds the largest bucket {max(buckets, default=None)}; "
+            "add a larger bucket"
+        )
+    return min(fits)

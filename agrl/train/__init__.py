@@ -1,0 +1,1 @@
+"""Training: jitted steps, the RL iteration, the run loop, stages, checkpoints, metrics."""

@@ -1,0 +1,205 @@
+"""The run machinery shared by every stage: paths and checks before any compile, the
+resumable step loop (checkpoints, metrics, progress, divergence stop), final export + eval."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from agrl.config import Config, OptimConfig, config_to_dict
+from agrl.eval.policy_eval import evaluate_policy
+from agrl.model import init_params, load_pretrained, save_pretrained
+from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
+from agrl.task.data import (
+    load_records,
+)
+from agrl.train.checkpoint import CheckpointManager
+from agrl.train.metrics_log import MetricsLogger
+
+
+class RunError(RuntimeError):
+    """A user-facing problem with a run (paths, data, divergence); the CLI prints it."""
+
+
+def resolve_paths(cfg: Config, stage: str) -> Config:
+    """Fill default paths from paths.world and check them before any training starts."""
+    p = cfg.paths
+    world = Path(p.world) if p.world else None
+    default_train = {"sft": "sft.jsonl", "dpo": "sft.jsonl", "rl": "rl.jsonl"}[stage]
+
+    def pick(value: str, default: str) -> str:
+        if value:
+            return value
+        if world is None:
+            return ""
+        return str(world / default)
+
+    p = dataclasses.replace(
+        p,
+        tokenizer=pick(p.tokenizer, "tokenizer"),
+        train_data=pick(p.train_data, default_train),
+        eval_data=pick(p.eval_data, "b_eval.jsonl"),
+        ref=p.ref or p.init,
+    )
+    if not p.out:
+        raise RunError("paths.out is not set (use --out DIR)")
+    for name in ("tokenizer", "train_data"):
+        value = getattr(p, name)
+        if not value:
+            raise RunError(f"paths.{name} is not set (give --world DIR or paths.{name}=...)")
+        if not Path(value).exists():
+            raise RunError(f"paths.{name}={value}: not found")
+    if stage != "sft" and not p.init:
+        raise RunError(f"paths.init is not set: a {stage} run starts from a model (--init DIR)")
+    for name in ("init", "ref", "eval_data"):
+        value = getattr(p, name)
+        if value and not Path(value).exists():
+            raise RunError(f"paths.{name}={value}: not found")
+    check_writable(Path(p.out))
+    return dataclasses.replace(cfg, paths=p)
+
+
+def check_writable(out: Path) -> None:
+    """Fail early (before any compile or training) when the run directory is unusable."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".agrl_write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"output directory {out} is not writable: {e.strerror or e}") from None
+
+
+def load_policy(cfg: Config, key: jax.Array) -> tuple[Any, Config]:
+    """Params from paths.init (the model config then comes from that directory), or a
+    random init of cfg.model when paths.init is empty."""
+    if not cfg.paths.init:
+        return init_params(cfg.model, key), cfg
+    params, model_cfg = load_pretrained(cfg.paths.init)
+    return params, dataclasses.replace(cfg, model=model_cfg)
+
+
+def check_vocab(cfg: Config, tok) -> None:
+    """The model must have a row for every token id the tokenizer can produce."""
+    if cfg.model.vocab_size < len(tok):
+        raise RunError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{len(tok)} tokens ({cfg.paths.tokenizer}); set model.vocab_size >= {len(tok)}"
+        )
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: Config
+    out: Path
+    total_steps: int
+    ckpt_every: int
+    desc: str
+
+    def __post_init__(self):
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep=2)
+        if is_main_process():  # multi-process: process 0 writes every run file
+            (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
+
+    def restore(self, arrays: Any, resume: bool) -> tuple[Any, dict | None]:
+        """(arrays, host) restored from the latest checkpoint, or (arrays, None) for a new run.
+
+        A new run refuses a directory that already holds checkpoints: mixing two runs'
+        metrics and checkpoints would make a later --resume continue the wrong one."""
+        latest = self.ckpt.latest_step()
+        if not resume and latest is not None:
+            raise RunError(
+                f"{self.out} already holds a run (checkpoint at step {latest}); "
+                "continue it with --resume or choose another --out"
+            )
+        if latest is None:
+            return arrays, None
+        return self.ckpt.restore(target=arrays)
+
+    def loop(self, step0: int, stop_after: int | None, body, save, logger: MetricsLogger):
+        """Run body(step) -> metrics for steps step0..total_steps-1, checkpointing via save(step)
+        every ckpt_every steps and at the end; stop early after `stop_after` steps of this
+        call (used by tests and by interrupted runs)."""
+        last = self.total_steps if stop_after is None else min(self.total_steps, step0 + stop_after)
+        nonfinite = 0
+        bar = tqdm(
+            total=self.total_steps,
+            initial=step0,
+            desc=self.desc,
+            dynamic_ncols=True,
+            disable=not is_main_process(),
+        )
+        try:
+            for step in range(step0, last):
+                metrics = body(step)
+                nonfinite = nonfinite + 1 if metrics.get("skipped", 0.0) > 0 else 0
+                metrics["nonfinite_streak"] = float(nonfinite)
+                logger.log(step, metrics)
+                bar.update(1)
+                bar.set_postfix(
+                    {k: f"{metrics[k]:.3g}" for k in ("loss", "reward") if k in metrics}
+                )
+                if nonfinite >= self.cfg.train.max_nonfinite:
+                    save(step + 1)
+                    raise RunError(
+                        f"{nonfinite} consecutive non-finite losses or gradients at step {step}; "
+                        f"stopped (checkpoint saved in {self.ckpt.directory}). Lower the "
+                        "learning rate or check the data."
+                    )
+                if (step + 1) % self.ckpt_every == 0 or step + 1 == last:
+                    save(step + 1)
+        finally:
+            bar.close()
+        return last
+
+
+def frozen_copy(params: Any) -> Any:
+    """A host copy of params that the donated train state can never alias."""
+    return jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(params))
+
+
+def key_data(key: jax.Array) -> np.ndarray:
+    return np.asarray(jax.random.key_data(key))
+
+
+def save_model(out: Path, params, cfg: Config, tok) -> Path:
+    return save_pretrained(params, cfg.model, out / "model", tokenizer=tok)
+
+
+def optim_with(lr: float, warmup_frac: float, base: OptimConfig) -> OptimConfig:
+    return dataclasses.replace(base, lr=lr, warmup_frac=warmup_frac)
+
+
+def eval_records(cfg: Config) -> list[dict]:
+    if not cfg.paths.eval_data:
+        return []
+    return load_records(cfg.paths.eval_data)[: cfg.train.eval_size]
+
+
+def final_eval(out: Path, params, cfg: Config, tok, records) -> dict:
+    if not records:
+        return {}
+    metrics, _ = evaluate_policy(params, cfg, tok, records)
+    if is_main_process():
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def finish_run(run: Run, params, cfg: Config, tok, stop_after, step0) -> dict:
+    done = stop_after is None or step0 + stop_after >= run.total_steps
+    summary: dict[str, Any] = {"out": str(run.out), "complete": done}
+    if done:
+        host = tree_to_host(params)  # a collective when params span several processes
+        summary["model"] = str(run.out / "model")
+        if is_main_process():
+            save_model(run.out, host, cfg, tok)
+        params = params if jax.process_count() == 1 else local_copy(host)
+        summary["eval"] = final_eval(run.out, params, cfg, tok, eval_records(cfg))
+    run.ckpt.close()
+    return summary

@@ -1,0 +1,368 @@
+"""The training stages: SFT -> DPO (pass@N pair mining) -> RL, each a resumable run.
+
+A run directory holds config.json, checkpoints/ (orbax, the WHOLE state: params, optimizer
+state, step, PRNG key, data order and cursor, AGR replay table, evaluations so far),
+metrics.jsonl + tb/ (TensorBoard), and at the end model/ (a Hugging Face directory with the
+tokenizer) and eval.json. `resume=True` continues from the last complete checkpoint; the
+resumed run equals the uninterrupted one bit for bit on CPU (tested).
+
+The outer Python loop lives here and only composes jitted steps (agrl.train_step) and the
+host RL iteration (agrl.rollout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from agrl.config import Config
+from agrl.eval.policy_eval import evaluate_policy, sample_correct
+from agrl.model import load_pretrained
+from agrl.model.params import place_params
+from agrl.parallel.distributed import is_main_process, load_on_host, local_copy, tree_to_host
+from agrl.parallel.sharding import make_mesh
+from agrl.rl.guidance import from_state_dict, init_replay, to_state_dict
+from agrl.rl.rewards import fallback_message
+from agrl.sampling import make_sampler
+from agrl.task.data import (
+    encode_prompts,
+    encode_responses,
+    load_records,
+    pad_left,
+    pad_right,
+)
+from agrl.task.tokenizer import eos_ids, load_tokenizer
+from agrl.train.loop import (
+    Run,
+    RunError,
+    check_vocab,
+    eval_records,
+    finish_run,
+    frozen_copy,
+    key_data,
+    load_policy,
+    optim_with,
+    resolve_paths,
+)
+from agrl.train.metrics_log import MetricsLogger
+from agrl.train.rollout import BatchSampler, build_pool, make_rl_context, rl_iteration
+from agrl.train.steps import (
+    init_sharded_train_state,
+    init_train_state,
+    make_dpo_step,
+    make_optimizer,
+    make_sft_step,
+)
+
+# ---------------------------------------------------------------------------------------
+# Paths, data and models.
+
+
+def _supervised_arrays(tok, records, texts, order, T):
+    prompts = encode_prompts(tok, records, order)
+    responses = encode_responses(tok, texts)
+    too_long = [i for i, r in enumerate(responses) if len(r) > T]
+    if too_long:
+        i = too_long[0]
+        raise RunError(
+            f"record {records[i]['id']}: response has {len(responses[i])} tokens > "
+            f"sampling.max_new_tokens={T}; raise it or shorten the responses"
+        )
+    P = max(len(p) for p in prompts)
+    pad = int(tok.pad_token_id)
+    return (*pad_left(prompts, P, pad), *pad_right(responses, T, pad))
+
+
+# ---------------------------------------------------------------------------------------
+# The loop shared by every stage: checkpoints, resume, metrics, progress, divergence.
+
+
+# ---------------------------------------------------------------------------------------
+# SFT.
+
+
+def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Supervised fine-tuning on the `response` field of paths.train_data."""
+    cfg = resolve_paths(cfg, "sft")
+    tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
+    records = load_records(cfg.paths.train_data)
+    texts = [r.get("response") or r.get("gold_response") for r in records]
+    if any(t is None for t in texts):
+        raise RunError(f"{cfg.paths.train_data}: SFT needs a `response` on every record")
+    arrays_np = _supervised_arrays(tok, records, texts, order, cfg.sampling.max_new_tokens)
+    key = jax.random.key(cfg.train.seed)
+    params, cfg = load_policy(cfg, key)
+    check_vocab(cfg, tok)
+    optimizer = make_optimizer(
+        optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
+    )
+    sft_step = make_sft_step(cfg.model, optimizer)
+    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+
+    def step(state, idx):
+        return sft_step(state, dict(zip(names, (a[idx] for a in arrays_np), strict=True)))
+
+    return _run_supervised(
+        cfg, tok, "sft", cfg.sft.steps, params, optimizer, len(records), cfg.sft.batch_size,
+        step, resume, stop_after,
+    )  # fmt: skip
+
+
+def _run_supervised(
+    cfg: Config, tok, desc: str, total_steps: int, params, optimizer, n_examples: int,
+    batch_size: int, step, resume: bool, stop_after: int | None, post=None,
+) -> dict:  # fmt: skip
+    """The SFT / DPO loop: shuffled batches of example indices fed to step(state, idx),
+    with checkpoints, resume, metrics and the final export + evaluation."""
+    run = Run(cfg, Path(cfg.paths.out), total_steps, max(1, cfg.train.ckpt_every), desc)
+    batches = BatchSampler(n_examples, cfg.train.seed)
+    kd = key_data(jax.random.key(cfg.train.seed))
+    arrays = {"train": init_train_state(params, optimizer), "key": kd}
+    arrays, host = run.restore(arrays, resume)
+    step0 = 0 if host is None else int(host["step"])
+    if host is not None:
+        batches.load_state_dict(host["batches"])
+    state = arrays["train"]
+    logger = MetricsLogger(
+        run.out, resume_step=None if host is None else step0, enabled=is_main_process()
+    )
+
+    def body(i):
+        nonlocal state
+        idx, _ = batches.next(batch_size, None, 0.0, 0.0)
+        state, m = step(state, idx)
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        return m if post is None else post(m)
+
+    def save(i):
+        run.ckpt.save(i, {"train": state, "key": arrays["key"]},
+                      {"step": i, "batches": batches.state_dict()})  # fmt: skip
+
+    run.loop(step0, stop_after, body, save, logger)
+    logger.close()
+    return finish_run(run, state.params, cfg, tok, stop_after, step0)
+
+
+# ---------------------------------------------------------------------------------------
+# DPO: pass@N pair mining, then the DPO loss against the frozen start policy.
+
+
+def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) -> dict:
+    """pass@N pairs from the policy: per prompt, a correct sample is chosen and a wrong one
+    rejected; when none is correct the gold response is chosen; prompts with no wrong
+    sample give no pair.  Returns token arrays and mining statistics."""
+    order, N = cfg.train.response_order, cfg.dpo.pass_n
+    sampler = make_sampler(
+        cfg.model,
+        dataclasses.replace(cfg.sampling, temperature=cfg.dpo.temperature, top_k=0, top_p=1.0),
+        eos_ids=tuple(eos_ids(tok)),
+        pad_id=int(tok.pad_token_id),
+        group_size=N,
+    )
+    prompts = encode_prompts(tok, records, order)
+    gold = encode_responses(tok, [r["gold_response"] for r in records])
+    chosen, rejected, keep, n_none_right = [], [], [], 0
+    bs = max(1, 64 // N)
+    for start in tqdm(range(0, len(records), bs), desc="dpo: mining pairs", dynamic_ncols=True):
+        sl = slice(start, min(start + bs, len(records)))
+        seqs = prompts[sl]
+        ids, mask = pad_left(seqs, max(len(s) for s in seqs), int(tok.pad_token_id))
+        gold_labels = np.asarray([r["label"] for r in records[sl]])
+        k = jax.random.fold_in(key, start)
+        toks, m, correct = sample_correct(sampler, params, tok, ids, mask, gold_labels, k, order)
+        for j, rec_i in enumerate(range(sl.start, sl.stop)):
+            rows = range(j * N, (j + 1) * N)
+            right = [r for r in rows if correct[j, r - j * N]]
+            wrong = [r for r in rows if r not in right]
+            if not wrong:
+                continue
+            if right:
+                chosen.append(toks[right[0]][m[right[0]]].tolist())
+            else:
+                chosen.append(gold[rec_i])
+                n_none_right += 1
+            rejected.append(toks[wrong[0]][m[wrong[0]]].tolist())
+            keep.append(rec_i)
+    if not keep:
+        raise RunError("DPO mining found no prompt with a wrong sample: nothing to learn")
+    T, pad = cfg.sampling.max_new_tokens, int(tok.pad_token_id)
+    kept = [prompts[i] for i in keep]
+    p_ids, p_mask = pad_left(kept, max(len(s) for s in kept), pad)
+    c_ids, c_mask = pad_right([c[:T] for c in chosen], T, pad)
+    r_ids, r_mask = pad_right([r[:T] for r in rejected], T, pad)
+    stats = {
+        "mined_prompts": len(records),
+        "pairs": len(keep),
+        "pairs_gold_chosen": n_none_right,
+        "all_right_prompts": len(records) - len(keep),
+    }
+    arrays = {
+        "prompt_ids": p_ids,
+        "prompt_mask": p_mask,
+        "chosen_ids": c_ids,
+        "chosen_mask": c_mask,
+        "rejected_ids": r_ids,
+        "rejected_mask": r_mask,
+    }
+    return {"arrays": arrays, "stats": stats}
+
+
+def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
+    """DPO from paths.init against itself as the frozen reference (SPEC 6)."""
+    cfg = resolve_paths(cfg, "dpo")
+    out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
+    key = jax.random.key(cfg.train.seed)
+    params, cfg = load_policy(cfg, key)
+    check_vocab(cfg, tok)
+    ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
+    ref_params = frozen_copy(ref_params)
+    pairs_file = out / "pairs.npz"
+    if pairs_file.exists():
+        with np.load(pairs_file) as f:
+            pairs = {k: f[k] for k in f.files}
+        stats = json.loads((out / "pairs.json").read_text())
+    else:
+        records = load_records(cfg.paths.train_data)
+        if cfg.dpo.mine_prompts:
+            rng = np.random.default_rng(cfg.train.seed)
+            pick = rng.permutation(len(records))[: cfg.dpo.mine_prompts]
+            records = [records[i] for i in sorted(pick)]
+        if any("gold_response" not in r for r in records):
+            raise RunError(f"{cfg.paths.train_data}: DPO mining needs `gold_response` fields")
+        mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
+        pairs, stats = mined["arrays"], mined["stats"]
+        np.savez(pairs_file, **pairs)
+        (out / "pairs.json").write_text(json.dumps(stats, indent=2))
+    optimizer = make_optimizer(
+        optim_with(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps
+    )
+    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer)
+    bs = min(cfg.dpo.batch_size, len(pairs["prompt_ids"]))
+
+    def step(state, idx):
+        return dpo_step(state, ref_params, {k: v[idx] for k, v in pairs.items()})
+
+    def post(m):
+        m["reward_accuracy"] = m.pop("accuracy_sum") / bs
+        m["margin"] = m.pop("margin_sum") / bs
+        return m
+
+    summary = _run_supervised(
+        cfg, tok, "dpo", cfg.dpo.steps, params, optimizer, len(pairs["prompt_ids"]), bs, step,
+        resume, stop_after, post,
+    )  # fmt: skip
+    summary["mining"] = stats
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# RL: GRPO / GRPO-PR / AGRL and the ablations (the method preset is applied by the caller).
+
+
+def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
+    """RL from paths.init with the reference paths.ref (default: the start policy)."""
+    cfg = resolve_paths(cfg, "rl")
+    out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
+    order = cfg.train.response_order
+    records = load_records(cfg.paths.train_data)
+    if cfg.guidance.enabled and any("gold_response" not in r for r in records):
+        raise RunError(
+            f"{cfg.paths.train_data}: guided replay (AGR) needs `gold_response` on every "
+            "record; disable it with guidance.enabled=false"
+        )
+    pool = build_pool(records, tok, order)
+    longest = max(len(p) for p in pool.prompt_ids)
+    if longest > cfg.sampling.prompt_buckets[-1]:
+        raise RunError(
+            f"{cfg.paths.train_data}: a prompt has {longest} tokens, more than the largest "
+            f"bucket sampling.prompt_buckets={cfg.sampling.prompt_buckets}; add a larger bucket"
+        )
+    message = fallback_message(pool.has_verdicts)
+    if message:
+        tqdm.write(message)
+    key = jax.random.key(cfg.train.seed)
+    with load_on_host():  # read on the host CPU; each device then receives only its shards
+        params, cfg = load_policy(cfg, key)
+        ref_params = (
+            params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
+        )
+    check_vocab(cfg, tok)
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    mesh = make_mesh(cfg.mesh)  # policy, reference, optimizer state and batches follow it
+    ref_params = place_params(ref_params, cfg.model, mesh)  # fresh buffers: never donated
+    ctx = make_rl_context(cfg, pool, tok, optimizer, eos_ids(tok), mesh=mesh)
+    run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
+    batches = BatchSampler(len(pool), cfg.train.seed)
+    replay = init_replay(len(pool))
+    params = place_params(params, cfg.model, mesh)
+    arrays = {
+        "train": init_sharded_train_state(params, cfg.model, optimizer, mesh),
+        "key": key_data(key),
+        "replay": to_state_dict(replay),
+    }
+    arrays, host = run.restore(arrays, resume)
+    step0 = 0 if host is None else int(host["step"])
+    evals: list[dict] = [] if host is None else list(host["evals"])
+    if host is not None:
+        batches.load_state_dict(host["batches"])
+        replay = from_state_dict(arrays["replay"])
+    state = arrays["train"]
+    base_key = jax.random.wrap_key_data(arrays["key"])
+    evals_on = eval_records(cfg)
+    logger = MetricsLogger(
+        out, resume_step=step0 if host is not None else None, enabled=is_main_process()
+    )
+
+    def maybe_eval(step: int, params) -> dict:
+        if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
+            return {}
+        if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
+            params = local_copy(tree_to_host(params))
+        m, _ = evaluate_policy(params, cfg, tok, evals_on)
+        row = {"step": step, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
+        if "accuracy_by_type" in m:
+            row["accuracy_by_type"] = m["accuracy_by_type"]
+        evals.append(row)
+        return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
+
+    def body(step):
+        nonlocal state, replay
+        t = time.perf_counter()
+        ev = maybe_eval(step, state.params)
+        idx, n_replayed = batches.next(
+            cfg.train.prompts_per_step,
+            replay if cfg.guidance.enabled else None,
+            cfg.guidance.p_replay,
+            cfg.guidance.tau,
+        )
+        state, replay, m, _ = rl_iteration(
+            ctx, state, ref_params, replay, idx, jax.random.fold_in(base_key, step), step
+        )
+        m.update(
+            ev, replayed=float(n_replayed), time_eval=time.perf_counter() - t - m["time_iteration"]
+        )
+        return m
+
+    def save(step):
+        run.ckpt.save(
+            step,
+            {"train": state, "key": arrays["key"], "replay": to_state_dict(replay)},
+            {"step": step, "batches": batches.state_dict(), "evals": evals},
+        )
+
+    run.loop(step0, stop_after, body, save, logger)
+    logger.close()
+    summary = finish_run(run, state.params, cfg, tok, stop_after, step0)
+    if summary["complete"] and summary.get("eval"):
+        evals.append({"step": cfg.train.steps, "macro_f1": summary["eval"]["macro_f1"],
+                      "accuracy": summary["eval"]["accuracy"]})  # fmt: skip
+    if is_main_process():
+        (out / "evals.json").write_text(json.dumps(evals, indent=2, default=float))
+    summary["evals"] = evals
+    return summary

@@ -1,0 +1,240 @@
+"""Factories that return jitted, pure training steps (SFT, DPO, RL) and log-prob functions.
+
+Each `make_*` does the Python-level decisions once (configs are static) and returns a
+function of (train state, [reference params], batch) -> (new state, metrics). The train
+state is donated; policy and reference params are arguments, never closed over.
+
+A non-finite loss or gradient skips the update (params and optimizer state are kept) and
+is reported in the metrics as `skipped` = 1; the outer loop counts consecutive skips.
+Metrics are returned as jax scalars (sums and counts from the loss aux); reduction to
+Python floats happens on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from agrl.config import GuidanceConfig, LossConfig, ModelConfig, OptimConfig
+from agrl.model import completion_logps
+from agrl.model.params import abstract_params, model_param_shardings
+from agrl.parallel.sharding import replicated
+from agrl.rl.loss import dpo_loss, policy_loss, sft_loss
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array  # int32 scalar: optimizer updates attempted
+
+
+def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up over warmup_frac of total_steps, then cosine decay to min_lr_ratio*lr."""
+    total = max(int(total_steps), 1)
+    warmup = int(round(cfg.warmup_frac * total))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup > 0 else cfg.lr,
+        peak_value=cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total, warmup + 1),
+        end_value=cfg.lr * cfg.min_lr_ratio,
+    )
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with warm-up + cosine and global-norm clipping (PAPER: SFT/RL settings)."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(
+            learning_rate_schedule(cfg, total_steps),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            weight_decay=cfg.weight_decay,
+        ),
+    )
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def apply_gradients(
+    state: TrainState, loss: jax.Array, grads: Any, optimizer: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update, skipped (state unchanged but step+1) when loss or grads are not
+    finite.  Returns the new state and {grad_norm, skipped}."""
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    updates, new_opt = optimizer.update(safe_grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(
+        keep(new_params, state.params), keep(new_opt, state.opt_state), state.step + 1
+    )
+    grad_norm = optax.tree.norm(grads)
+    return new_state, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
+
+
+def make_logps_fn(model_cfg: ModelConfig, temperature: float = 1.0) -> Callable:
+    """jit(params, prompt_ids [N,P], prompt_mask, completion_ids [N,T], completion_mask)
+    -> logps [N,T] (no gradient: for old and reference log-probs)."""
+
+    def logps_fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        return completion_logps(
+            params,
+            model_cfg,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            temperature=temperature,
+        )
+
+    return jax.jit(logps_fn)
+
+
+def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation) -> Callable:
+    """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
+    completion_ids/completion_mask [B,T] right-padded (the target response)."""
+
+    def step(state: TrainState, batch: Batch):
+        def loss_fn(params):
+            logps = completion_logps(
+                params,
+                model_cfg,
+                batch["prompt_ids"],
+                batch["prompt_mask"],
+                batch["completion_ids"],
+                batch["completion_mask"],
+            )
+            return sft_loss(logps, batch["completion_mask"])
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state, upd = apply_gradients(state, loss, grads, optimizer)
+        return state, {"loss": loss, **aux, **upd}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_dpo_step(
+    model_cfg: ModelConfig, loss_cfg: LossConfig, optimizer: optax.GradientTransformation
+) -> Callable:
+    """jit(state, ref_params, batch) -> (state, metrics).
+
+    batch: prompt_ids/prompt_mask [B,P]; chosen_ids/chosen_mask and rejected_ids/rejected_mask
+    [B,T].  Chosen and rejected run as one [2B] forward; sequence logps are sums over tokens.
+    """
+
+    def seq_logps(params, batch):
+        prompt_ids = jnp.concatenate([batch["prompt_ids"]] * 2, axis=0)
+        prompt_mask = jnp.concatenate([batch["prompt_mask"]] * 2, axis=0)
+        ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
+        mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+        lp = completion_logps(params, model_cfg, prompt_ids, prompt_mask, ids, mask).sum(-1)
+        B = batch["prompt_ids"].shape[0]
+        return lp[:B], lp[B:]
+
+    def step(state: TrainState, ref_params: Any, batch: Batch):
+        ref_c, ref_r = jax.lax.stop_gradient(seq_logps(ref_params, batch))
+
+        def loss_fn(params):
+            c, r = seq_logps(params, batch)
+            return dpo_loss(c, r, ref_c, ref_r, loss_cfg.dpo_beta)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state, upd = apply_gradients(state, loss, grads, optimizer)
+        return state, {"loss": loss, **aux, **upd}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_rl_step(
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    guidance_cfg: GuidanceConfig,
+    optimizer: optax.GradientTransformation,
+    temperature: float = 1.0,
+) -> Callable:
+    """jit(state, batch) -> (state, metrics): one GRPO update on a rollout batch (SPEC 6).
+
+    batch: prompt_ids/prompt_mask [N,P] (each prompt repeated per sample), completion_ids,
+    completion_mask, forced_mask [N,T], ref_logps [N,T], advantages [N], and old_logps [N,T]
+    when loss.mu > 1.  With mu = 1 the behaviour policy is the current one, so
+    old_logps = stop_gradient(logps) and no extra forward pass is spent on it.
+    """
+    mode = guidance_cfg.loss_mode if guidance_cfg.enabled else "include"
+
+    def step(state: TrainState, batch: Batch):
+        def loss_fn(params):
+            out = completion_logps(
+                params,
+                model_cfg,
+                batch["prompt_ids"],
+                batch["prompt_mask"],
+                batch["completion_ids"],
+                batch["completion_mask"],
+                temperature=temperature,
+                return_entropy=loss_cfg.entropy,
+            )
+            logps, entropy = out if loss_cfg.entropy else (out, None)
+            old = jax.lax.stop_gradient(logps) if loss_cfg.mu == 1 else batch["old_logps"]
+            return policy_loss(
+                logps,
+                old,
+                batch["ref_logps"],
+                batch["advantages"],
+                batch["completion_mask"],
+                batch["forced_mask"],
+                loss_cfg,
+                mode,
+                guidance_cfg.offpolicy_gamma,
+                entropy=None if entropy is None else jax.lax.stop_gradient(entropy),
+            )
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state, upd = apply_gradients(state, loss, grads, optimizer)
+        return state, {"loss": loss, **aux, **upd}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def train_state_shardings(
+    model_cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """Shardings of TrainState(params, opt_state, step): optimizer moments follow their
+    parameter (ZeRO: Adam's mu and nu are split exactly like the weights); counters and
+    other scalars are replicated."""
+    param_sh = model_param_shardings(model_cfg, mesh)
+    opt_abstract = jax.eval_shape(optimizer.init, abstract_params(model_cfg))
+    rep = replicated(mesh)
+    opt_sh = optax.tree_map_params(
+        optimizer,
+        lambda _, s: s,
+        opt_abstract,
+        param_sh,
+        transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    return TrainState(param_sh, opt_sh, rep)
+
+
+def init_sharded_train_state(
+    params: Any, model_cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """TrainState whose params and optimizer moments are created on their shards
+    (jit with out_shardings).  params: sharded params (e.g. `place_params`), donated later
+    with the state, so the caller must not reuse them as a reference."""
+    shardings = train_state_shardings(model_cfg, optimizer, mesh)
+    return jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=shardings)(params)

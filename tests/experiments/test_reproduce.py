@@ -1,0 +1,101 @@
+"""`agrl reproduce`: config layering and errors (fast), and the --quick job end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from agrl.config import ConfigError
+from agrl.experiments.reproduce import run_reproduce
+from agrl.experiments.setup import METHODS, ROWS, build_plan, method_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_layers_defaults_quick_and_overrides(tmp_path):
+    plan = build_plan(
+        quick=True, out=tmp_path, overrides=["world.n_rl=50", "optim.lr=1e-4", "diag.prompts=8"]
+    )
+    assert plan.world.n_rl == 50 and plan.cfg.optim.lr == 1e-4 and plan.diag_prompts == 8
+    assert plan.cfg.model.vocab_size == 384 and plan.cfg.sampling.prompt_buckets == (16, 32)
+    assert build_plan(out=tmp_path).cfg.sft.steps > plan.cfg.sft.steps
+
+
+def test_plan_reads_toml_world_table(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[world]\nn_sft = 123\n[world.teacher]\nlabel_noise = 0.0\n[sft]\nsteps = 7\n")
+    plan = build_plan(config=cfg, out=tmp_path)
+    assert plan.world.n_sft == 123 and plan.world.teacher.label_noise == 0.0
+    assert plan.cfg.sft.steps == 7
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["world.n_sft=-1", "model.vocab_size=0", "paths.out=x", "train.method=grpo", "diag.foo=1"],
+)
+def test_plan_rejects_bad_values(tmp_path, override):
+    with pytest.raises(ConfigError):
+        build_plan(out=tmp_path, overrides=[override])
+
+
+def test_method_presets_differ_only_where_they_should(tmp_path):
+    cfg = build_plan(out=tmp_path).cfg
+    assert not method_config(cfg, "grpo").guidance.enabled
+    assert method_config(cfg, "grpo").reward.w_step == 0.0
+    assert method_config(cfg, "agrl").guidance.enabled
+    assert method_config(cfg, "agrl").optim == cfg.optim
+
+
+def test_small_vocab_is_a_clear_error(tmp_path):
+    plan = build_plan(quick=True, out=tmp_path, overrides=["model.vocab_size=100"])
+    with pytest.raises(ConfigError, match="vocab_size"):
+        run_reproduce(plan)
+
+
+def _finite(x) -> bool:
+    if isinstance(x, dict):
+        return all(_finite(v) for v in x.values())
+    if isinstance(x, list):
+        return all(_finite(v) for v in x)
+    return not isinstance(x, float) or math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_quick_reproduce_end_to_end(quick_run):
+    tmp_path = quick_run  # `agrl reproduce --quick --out DIR`, run once per session (conftest)
+    for name in ("results.json", "results.md", "run.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    for name in (
+        "fig1_macro_f1",
+        "fig1_accuracy",
+        "fig2_zero_variance_trigger",
+        "fig3_type_accuracy",
+    ):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    results = json.loads((tmp_path / "results.json").read_text())
+    for row in ROWS:
+        for split in ("b_eval", "w_eval"):
+            agg = results["aggregate"][row][split]
+            mean, std = agg["macro_f1"]
+            assert 0.0 <= mean <= 1.0 and math.isfinite(std)
+            assert _finite(agg)
+    for m in METHODS:
+        assert results["per_seed"]["0"]["models"][m]["evals"], m
+    diag = results["per_seed"]["0"]["diagnostics"]
+    assert 0.0 <= diag["overall"]["pass_at_g"] <= 1.0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["machine"]["cpu_count"] >= 1 and "jax" in run["versions"]
+    assert all(not v["reused"] for v in run["wall_seconds"].values())
+    md = (tmp_path / "results.md").read_text()
+    assert "Oracle SFT" in md and "pass@" in md
+    assert "where the teacher is wrong" in md and "AGRL vs GRPO on b_eval, per seed" in md
+    assert len(results["agrl_vs_grpo"]["macro_f1"]["delta"]) == 1
+    # a rerun on the same directory reuses every stage and keeps the first run's wall times
+    models = sorted(tmp_path.glob("seed0/*/model/config.json"))
+    stamps = [p.stat().st_mtime_ns for p in models]
+    run_reproduce(build_plan(quick=True, out=tmp_path))
+    assert len(models) == len(ROWS) and [p.stat().st_mtime_ns for p in models] == stamps
+    rerun = json.loads((tmp_path / "run.json").read_text())
+    assert rerun["wall_seconds"] == run["wall_seconds"]
