@@ -82,28 +82,14 @@ def add_validate(sub) -> None:
 
 
 def _run_config(args: argparse.Namespace):
-    """Config of a training command: method preset < --config file < flags < overrides."""
-    from agrl.config import config_from_dict, load_toml, merge_dicts, method_preset
+    """Config of a training command (agrl.config.build_config): method preset < --config
+    file < path flags < section.key=value overrides."""
+    from agrl.config import build_config
 
-    file_data = load_toml(args.config) if args.config else {}
-    user = apply_overrides_list(args.overrides)
-    method = user.get("train", {}).get("method") or file_data.get("train", {}).get("method")
-    preset = apply_overrides_list([f"{k}={v}" for k, v in method_preset(method or "agrl").items()])
-    flags = {
-        "world": args.world,
-        "init": getattr(args, "init", None),
-        "ref": getattr(args, "ref", None),
-        "out": args.out,
-    }
-    paths = {k: v for k, v in flags.items() if v}
-    data = merge_dicts(merge_dicts(preset, file_data), {"paths": paths} if paths else {})
-    return config_from_dict(merge_dicts(data, user))
-
-
-def apply_overrides_list(items: list[str]) -> dict:
-    from agrl.config import apply_overrides
-
-    return apply_overrides({}, list(items))
+    flags = {"world": args.world, "init": getattr(args, "init", None),
+             "ref": getattr(args, "ref", None), "out": args.out}  # fmt: skip
+    paths = [f"paths.{k}={v}" for k, v in flags.items() if v]
+    return build_config(args.config, [*paths, *args.overrides])
 
 
 def _train(args: argparse.Namespace) -> int:

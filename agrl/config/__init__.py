@@ -9,14 +9,16 @@ Every section is a frozen, validated dataclass (hashable: a valid static jit arg
 from agrl.config.base import ConfigError
 from agrl.config.io import (
     apply_overrides,
+    build_config,
     build_section,
     config_from_dict,
     config_to_dict,
     load_config,
     load_toml,
     merge_dicts,
+    with_method,
 )
-from agrl.config.presets import method_preset
+from agrl.config.presets import METHOD_PRESETS, method_preset
 from agrl.config.rl import AdvantageConfig, GuidanceConfig, LossConfig, RewardConfig
 from agrl.config.schema import (
     Config,
@@ -45,7 +47,9 @@ __all__ = [
     "SFTConfig",
     "SamplingConfig",
     "TrainConfig",
+    "METHOD_PRESETS",
     "apply_overrides",
+    "build_config",
     "build_section",
     "config_from_dict",
     "config_to_dict",
@@ -53,4 +57,5 @@ __all__ = [
     "load_toml",
     "merge_dicts",
     "method_preset",
+    "with_method",
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from agrl.config.base import ConfigError, check
+from agrl.config.presets import method_preset
 from agrl.config.schema import Config
 
 
@@ -109,9 +111,39 @@ def merge_dicts(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    data = load_toml(path) if path is not None else {}
-    return config_from_dict(apply_overrides(data, list(overrides)))
+def build_config(
+    file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """The one way a Config is built (CLI, `agrl reproduce`, notebooks, scripts, the API).
+
+    Layers, lowest first: the method preset (`train.method` as the layers above name it,
+    default "agrl"; agrl.config.presets), `base` (a nested dict, e.g. reproduce's CPU-sized
+    defaults), the TOML `file`, then `section.key=value` overrides. So
+    `build_config(overrides=["train.method=grpo"])` is GRPO wherever it is called.
+    """
+    data = merge_dicts(dict(base or {}), load_toml(file) if file is not None else {})
+    data = apply_overrides(data, list(overrides))
+    method = data.get("train", {}).get("method", "agrl")
+    preset = apply_overrides({}, [f"{k}={v}" for k, v in method_preset(method).items()])
+    return config_from_dict(merge_dicts(preset, data))
+
+
+def with_method(cfg: Config, method: str) -> Config:
+    """cfg turned into `method`: its preset's fields forced on top, every other field kept
+    (a comparison of methods that share one base config, as `agrl reproduce` runs)."""
+    data = config_to_dict(cfg)
+    data["train"]["method"] = method
+    return config_from_dict(
+        apply_overrides(data, [f"{k}={v}" for k, v in method_preset(method).items()])
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """`build_config(path, overrides)`: the method preset of train.method is applied."""
+    return build_config(path, overrides)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from agrl.config.base import ConfigError
 
 # Overrides that turn the defaults (AGRL = RRS + AGR) into each method of SPEC 4 / 8.
-_METHOD_PRESETS: dict[str, dict[str, Any]] = {
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
     # outcome reward only: r_label, format-gated (format failure still scores format_fail)
     "grpo": {"reward.w_step": 0.0, "reward.gate": "none", "guidance.enabled": False},
     # process reward: r_label + w_step * r_step, no consistency gate
@@ -22,9 +22,9 @@ _METHOD_PRESETS: dict[str, dict[str, Any]] = {
 def method_preset(name: str) -> dict[str, Any]:
     """`section.key -> value` overrides for a method of TrainConfig.method (SPEC 4, 8).
 
-    Apply them before the user's own overrides, e.g.
-    `apply_overrides(data, [f"{k}={v}" for k, v in method_preset(m).items()] + user)`.
+    `agrl.config.build_config` applies them below the user's file and overrides;
+    `agrl.config.with_method` forces them on top of a finished config (a comparison).
     """
-    if name not in _METHOD_PRESETS:
-        raise ConfigError(f"train.method={name!r}: must be one of {sorted(_METHOD_PRESETS)}")
-    return dict(_METHOD_PRESETS[name])
+    if name not in METHOD_PRESETS:
+        raise ConfigError(f"train.method={name!r}: must be one of {sorted(METHOD_PRESETS)}")
+    return dict(METHOD_PRESETS[name])

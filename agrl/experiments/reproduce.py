@@ -7,9 +7,10 @@
 
 Every stage writes into its own directory under --out; a stage whose model/ and eval.json
 exist is reused, an unfinished one resumes from its last checkpoint (agrl.train). The
-configuration is layered: DEFAULTS (CPU-sized), then QUICK with --quick, then a TOML file
-(--config), then `section.key=value` overrides; `world.*` keys (a `[world]` table or
-`world.n_sft=...`) configure agrl.world.config.WorldConfig.
+configuration is layered by agrl.config.build_config: agrl.experiments.setup.DEFAULTS
+(CPU-sized), then QUICK with --quick, then a TOML file (--config), then `section.key=value`
+overrides; `world.*` keys (a `[world]` table or `world.n_sft=...`) configure
+agrl.world.config.WorldConfig; each method is `with_method(cfg, m)` of that one config.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from agrl.config import (
     ConfigError,
     config_to_dict,
     method_preset,
+    with_method,
 )
 from agrl.experiments.report import aggregate, headline, results_markdown, write_figures
 from agrl.experiments.setup import (
@@ -40,7 +42,6 @@ from agrl.experiments.setup import (
     ReproducePlan,
     build_plan,
     fmt_seconds,
-    method_config,
     with_run,
 )
 from agrl.train.loop import RunError
@@ -292,9 +293,7 @@ def _run_seed(plan: ReproducePlan, seed: int, world_dir: Path, tok, progress: Pr
     dpo_model = str(base / "dpo" / "model")
     for m in METHODS:
         rdir = base / f"rl_{m}"
-        rcfg = with_run(
-            method_config(cfg, m), seed=seed, world=world, init=dpo_model, out=str(rdir)
-        )
+        rcfg = with_run(with_method(cfg, m), seed=seed, world=world, init=dpo_model, out=str(rdir))
         results[m] = stage(
             f"rl_{m}",
             lambda rcfg=rcfg, rdir=rdir: _trained_stage(run_rl, rcfg, rdir, tok, world_dir),
@@ -339,7 +338,7 @@ def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
     paths = [write_json(plan.out / "results.json", results)]
     md = plan.out / "results.md"
     md.write_text(results_markdown(plan, agg, per_seed, wall))
-    agr_methods = [m for m in METHODS if method_config(plan.cfg, m).guidance.enabled]
+    agr_methods = [m for m in METHODS if with_method(plan.cfg, m).guidance.enabled]
     paths += [md, *write_figures(plan, per_seed, agg, agr_methods)]
     _write_run_json(plan, wall, time.perf_counter() - t0)
     paths.append(plan.out / "run.json")

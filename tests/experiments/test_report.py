@@ -90,9 +90,9 @@ def test_results_markdown_has_every_row_and_the_headline():
 
 
 def test_agr_methods_follow_the_presets():
-    from agrl.experiments.setup import method_config
+    from agrl.config import with_method
 
-    agr = [m for m in METHODS if method_config(Config(), m).guidance.enabled]
+    agr = [m for m in METHODS if with_method(Config(), m).guidance.enabled]
     assert agr == ["agrl", "agr_only"]
 
 

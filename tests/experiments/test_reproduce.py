@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from agrl.config import ConfigError
+from agrl.config import ConfigError, with_method
 from agrl.experiments.reproduce import run_reproduce
-from agrl.experiments.setup import METHODS, ROWS, build_plan, method_config
+from agrl.experiments.setup import METHODS, ROWS, build_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,10 +42,10 @@ def test_plan_rejects_bad_values(tmp_path, override):
 
 def test_method_presets_differ_only_where_they_should(tmp_path):
     cfg = build_plan(out=tmp_path).cfg
-    assert not method_config(cfg, "grpo").guidance.enabled
-    assert method_config(cfg, "grpo").reward.w_step == 0.0
-    assert method_config(cfg, "agrl").guidance.enabled
-    assert method_config(cfg, "agrl").optim == cfg.optim
+    assert not with_method(cfg, "grpo").guidance.enabled
+    assert with_method(cfg, "grpo").reward.w_step == 0.0
+    assert with_method(cfg, "agrl").guidance.enabled
+    assert with_method(cfg, "agrl").optim == cfg.optim
 
 
 def test_small_vocab_is_a_clear_error(tmp_path):
