@@ -3,6 +3,7 @@ the field and the bad value."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -75,7 +76,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Merge `a.b=c` strings into a nested dict (strings are coerced later, by type)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    out = copy.deepcopy(dict(data))  # never write into the caller's (e.g. DEFAULTS) tables
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")

@@ -11,6 +11,7 @@ from agrl.eval.scoring import cumpt_tiers, label_posterior, score_file
 from agrl.model import forward, init_params, positions_from_mask, preset, save_pretrained
 from agrl.task.format import render_prompt
 from agrl.task.tokenizer import build_tokenizer
+from tests.tolerance import f32_tol
 
 CFG = dataclasses.replace(
     preset("tiny"), vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2,
@@ -26,11 +27,13 @@ def test_label_posterior_matches_forward_and_ignores_padding():
     probs = np.asarray(label_posterior(params, CFG, ids, mask, labels))
     z = np.asarray(forward(params, CFG, ids, positions_from_mask(mask), mask))[:, -1]
     ref = np.exp(z[:, 4:8]) / np.exp(z[:, 4:8]).sum(-1, keepdims=True)
-    np.testing.assert_allclose(probs, ref, atol=1e-6)
+    # probabilities (magnitude 1) from two code paths of a 2-layer model (mlp dim 48)
+    tol = f32_tol(1.0, CFG.intermediate_size, depth=CFG.num_layers + 1)
+    np.testing.assert_allclose(probs, ref, atol=tol)
     assert np.abs(probs[0] - probs[1]).max() > 1e-3  # different prompts, different posteriors
     more_pad = jnp.pad(ids[:1], ((0, 0), (3, 0)))
     again = label_posterior(params, CFG, more_pad, more_pad > 0, labels)
-    np.testing.assert_allclose(np.asarray(again)[0], probs[0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(again)[0], probs[0], atol=tol)
 
 
 def test_score_file(tmp_path):
