@@ -24,7 +24,13 @@ from agrl.config import Config, ModelConfig, SamplingConfig
 from agrl.eval.metrics import classification_metrics, posterior_metrics
 from agrl.eval.scoring import label_posterior
 from agrl.sampling import make_sampler
-from agrl.task.data import decode_completions, encode_prompts, has_verdicts, pad_left, verdict_array
+from agrl.task.data import (
+    decode_completions,
+    encode_prompts,
+    has_verdicts,
+    padded_batches,
+    verdict_array,
+)
 from agrl.task.format import parse_batch
 from agrl.task.tokenizer import eos_ids, label_token_ids
 
@@ -63,13 +69,9 @@ def evaluate_policy(
     label_ids = jnp.asarray(label_token_ids(tok))
     texts: list[str] = []
     probs: list[np.ndarray] = []
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="eval", disable=not progress, dynamic_ncols=True):
-        chunk = prompts[start : start + batch_size]
-        n = len(chunk)
-        chunk = chunk + [chunk[-1]] * (batch_size - n)
-        P = sampler.bucket(max(len(c) for c in chunk))
-        ids, mask = pad_left(chunk, P, pad)
+    batches = padded_batches(prompts, batch_size, pad, sampler.bucket)
+    total = -(-len(prompts) // batch_size)
+    for _, n, ids, mask in tqdm(batches, total=total, desc="eval", disable=not progress):
         out = sampler(params, ids, mask, jax.random.key(0))  # greedy: the key is unused
         toks, m = np.asarray(out.tokens)[:n], np.asarray(out.mask)[:n]
         texts += decode_completions(tok, toks, m)
@@ -169,11 +171,7 @@ def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[
     bs = max(1, 64 // G)
     key = jax.random.key(seed)
     acc = []
-    for start in range(0, len(prompts), bs):
-        chunk = prompts[start : start + bs]
-        n = len(chunk)
-        chunk = chunk + [chunk[-1]] * (bs - n)  # a fixed batch: one compile per bucket
-        ids, mask = pad_left(chunk, max(len(c) for c in chunk), pad)
+    for start, n, ids, mask in padded_batches(prompts, bs, pad):
         gold = np.asarray([r["label"] for r in records[start : start + n]])
         k = jax.random.fold_in(key, start)
         acc.append(sample_correct(sampler, params, tok, ids, mask, gold, k, order)[2].mean(1))

@@ -7,6 +7,7 @@ tiers (one threshold beta over cumulative probabilities) come from agrl.evaluate
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ from tqdm import tqdm
 from agrl.config import ModelConfig
 from agrl.eval.metrics import TIER_NAMES, cumpt_tiers, posterior_metrics
 from agrl.model.decoder import hidden_states, logits_from_hidden, positions_from_mask
+from agrl.model.hf import load_pretrained
 from agrl.model.params import Params
+from agrl.task.data import encode_prompts, load_records, padded_batches, pick_bucket
+from agrl.task.tokenizer import label_token_ids, load_tokenizer
 
 __all__ = ["cumpt_tiers", "label_posterior", "score_file"]
 
@@ -46,12 +50,8 @@ def label_posterior(
 _label_posterior = jax.jit(label_posterior, static_argnums=1)
 
 
-def _bucket(n: int, minimum: int = 16) -> int:
-    """Power-of-two length bucket >= n: at most log2(max length) compilations per file."""
-    b = minimum
-    while b < n:
-        b *= 2
-    return b
+# Power-of-two prompt-length buckets: at most log2(longest prompt) compilations per file.
+SCORE_BUCKETS: tuple[int, ...] = tuple(16 * 2**i for i in range(16))
 
 
 def score_file(
@@ -67,9 +67,6 @@ def score_file(
     beta), gold label.  Returns the summary: count, mean posterior, tier shares and
     `agrl.evaluate.posterior_metrics` against the gold labels.
     """
-    from agrl.model.hf import load_pretrained
-    from agrl.task.data import encode_prompts, load_records, pad_left
-    from agrl.task.tokenizer import label_token_ids, load_tokenizer
 
     params, cfg = load_pretrained(model_dir)
     tok = load_tokenizer(model_dir)
@@ -78,11 +75,10 @@ def score_file(
     prompts = encode_prompts(tok, records)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     probs = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="score", unit="batch"):
-        chunk = prompts[start : start + batch_size]
-        n = len(chunk)
-        chunk = chunk + [chunk[-1]] * (batch_size - n)  # fixed batch shape: one compile
-        ids, mask = pad_left(chunk, _bucket(max(map(len, chunk))), pad_id)
+    bucket = functools.partial(pick_bucket, buckets=SCORE_BUCKETS)
+    batches = padded_batches(prompts, batch_size, pad_id, bucket)
+    total = -(-len(prompts) // batch_size)
+    for _, n, ids, mask in tqdm(batches, total=total, desc="score", unit="batch"):
         p = _label_posterior(params, cfg, jnp.asarray(ids), jnp.asarray(mask), labels)
         probs.append(np.asarray(p)[:n])
     probs = np.concatenate(probs).astype(np.float64)

@@ -12,7 +12,7 @@ silently dropped (blank lines are not records and are skipped).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +212,25 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
             "add a larger bucket"
         )
     return min(fits)
+
+
+def padded_batches(
+    seqs: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    length: Callable[[int], int] | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Fixed-shape batches of prompts, in order: yields (start, n, ids, mask) with ids, mask
+    [batch_size, L] left-padded (`pad_left`), n <= batch_size real rows (seqs[start:start+n]).
+
+    The last chunk repeats its final sequence up to batch_size, so every call of the jitted
+    function downstream sees one batch shape (one compile per length); L = length(longest
+    in the chunk), or the longest itself (e.g. `lambda n: pick_bucket(n, buckets)`).
+    """
+    for start in range(0, len(seqs), batch_size):
+        chunk = list(seqs[start : start + batch_size])
+        n = len(chunk)
+        chunk += [chunk[-1]] * (batch_size - n)
+        longest = max(len(c) for c in chunk)
+        ids, mask = pad_left(chunk, longest if length is None else length(longest), pad_id)
+        yield start, n, ids, mask
