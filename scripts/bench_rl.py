@@ -5,10 +5,10 @@ The shared configuration (../shared/bench/README.md): tiny random Qwen3 (vocab 2
 G=8 = 64 completions, 48 prompt tokens, 64 new tokens (no EOS id, so every row decodes all
 64), temperature 1 (no top-k / top-p), mu = 1, beta = 0.02 (k3), lr 1e-5.
 
-What is timed: `agrl.rollout.rl_iteration` itself, the composition training uses (sampler ->
+What is timed: `agrl.train.rollout.rl_iteration` itself, the composition training uses (sampler ->
 text decode + parse -> jitted rewards/advantages -> reference logps -> update), on a synthetic
 prompt pool (random prompt ids over a real word-level tokenizer built by
-`agrl.tokenizer.build_tokenizer`, random gold labels and verdicts). The stage times are the
+`agrl.task.tokenizer.build_tokenizer`, random gold labels and verdicts). The stage times are the
 ones rl_iteration reports in its metrics. `--method grpo` (default) is plain GRPO, the peers'
 algorithm; `--method agrl` adds RRS + AGR (a random policy fails every group, so the guided
 re-rollout of 8 slots runs every iteration).

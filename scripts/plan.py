@@ -1,4 +1,4 @@
-"""Print the per-device memory and per-step time model of an RL step (agrl/plan.py).
+"""Print the per-device memory and per-step time model of an RL step (agrl/experiments/capacity.py).
 
     python scripts/plan.py --preset qwen3-8b --mesh 4,8,1 --devices 32 --device tpu-v5p
     python scripts/plan.py --doc      # the tables of docs/scaling.md

@@ -1,4 +1,4 @@
-"""Plain numpy re-implementations of every formula in agrl.rewards / advantages / guidance /
+"""Plain numpy re-implementations of every formula in agrl.rl.rewards / advantages / guidance /
 loss, written independently of the jax code (per-sequence and per-token loops where that is
 clearer), so that the jax functions can be checked against them option by option.
 """

@@ -11,11 +11,11 @@ from agrl.config.base import check
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """Rule-aware reward shaping, RRS (SPEC 4); implemented by agrl/rewards.py.
+    """Rule-aware reward shaping, RRS (SPEC 4); implemented by agrl/rl/rewards.py.
 
     R = gate * (w_label * r_label + w_step * r_step), and format_fail where the response
     does not parse. `fn` names a reward function registered with
-    agrl.rewards.register_reward_fn; "rrs" is the built-in one.
+    agrl.rl.rewards.register_reward_fn; "rrs" is the built-in one.
     """
 
     fn: str = "rrs"
@@ -55,10 +55,10 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Group advantages (SPEC 6); implemented by agrl/advantages.py.
+    """Group advantages (SPEC 6); implemented by agrl/rl/advantages.py.
 
     `estimator` is "zscore", "no_std" (Dr.GRPO), "rloo", or a name registered with
-    agrl.advantages.register_advantage_fn. ddof and eps are used by "zscore" only.
+    agrl.rl.advantages.register_advantage_fn. ddof and eps are used by "zscore" only.
     """
 
     estimator: str = "zscore"
@@ -75,7 +75,7 @@ class AdvantageConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Adaptive guided replay, AGR (SPEC 5); implemented by agrl/guidance.py."""
+    """Adaptive guided replay, AGR (SPEC 5); implemented by agrl/rl/guidance.py."""
 
     enabled: bool = True
     tau: float = 0.25  # trigger: group label accuracy <= tau
@@ -120,9 +120,9 @@ class GuidanceConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """GRPO objective, SFT and DPO (SPEC 6); implemented by agrl/loss.py.
+    """GRPO objective, SFT and DPO (SPEC 6); implemented by agrl/rl/loss.py.
 
-    `fn` names a policy loss registered with agrl.loss.register_loss_fn; "grpo" is the
+    `fn` names a policy loss registered with agrl.rl.loss.register_loss_fn; "grpo" is the
     built-in clipped surrogate.
     """
 

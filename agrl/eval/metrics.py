@@ -84,7 +84,7 @@ def confusion_matrix(pred_label, gold_label) -> np.ndarray:
 def step_scores(pred_verdicts, gold_verdicts, *, applies_only: bool = False) -> np.ndarray:
     """Per-response step score [N]: mean over applicable dims of 1[pred == gold].
 
-    applies_only=False (r_step of SPEC 4, as in agrl.rewards): a dim is applicable when its
+    applies_only=False (r_step of SPEC 4, as in agrl.rl.rewards): a dim is applicable when its
     gold verdict is known (code >= NA), so a correct "n/a" counts as a hit.
     applies_only=True: only dims whose rule applies (gold code > NA) count.
     A predicted MISSING (-1) never equals a gold code, so it is wrong. Rows with no

@@ -1,7 +1,7 @@
 """Evaluate a policy on a labelled split (SPEC 7): greedy decoding and the label posterior.
 
 Greedy: decode every prompt with temperature 0, parse label and verdicts, and score them
-with agrl.evaluate.classification_metrics (per-class F1, Good F1, macro-F1, accuracy, rule
+with agrl.eval.metrics.classification_metrics (per-class F1, Good F1, macro-F1, accuracy, rule
 adherence, step accuracy, ordinal MAE, confusion, accuracy per query type).
 Posterior (label-first order only): prefill only, softmax over the 4 label tokens at the
 first response position, scored with posterior_metrics (incl. CumPT tiers).

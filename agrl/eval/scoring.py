@@ -2,7 +2,7 @@
 
 The prompt ends with the label opener, so the first response token is the label digit.
 P(label = l | prompt) = softmax over the 4 label-token logits at that position; the CumPT
-tiers (one threshold beta over cumulative probabilities) come from agrl.evaluate.
+tiers (one threshold beta over cumulative probabilities) come from agrl.eval.metrics.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def score_file(
 
     Writes one JSON line per record: id, probs (P1..P4), pred_label (argmax), tier (CumPT at
     beta), gold label.  Returns the summary: count, mean posterior, tier shares and
-    `agrl.evaluate.posterior_metrics` against the gold labels.
+    `agrl.eval.metrics.posterior_metrics` against the gold labels.
     """
 
     params, cfg = load_pretrained(model_dir)

@@ -7,7 +7,7 @@ quotes it (a test checks the doc against this module).
 
 Per device, with N = prompts * G sequences, S = P + T tokens, dp = data * fsdp, tp = tensor:
   params, reference, Adam mu and nu, gradients: each leaf's bytes / the mesh axes the rules
-    table (agrl.sharding.LOGICAL_AXIS_RULES) splits it over; optax keeps mu and nu in the
+    table (agrl.parallel.sharding.LOGICAL_AXIS_RULES) splits it over; optax keeps mu and nu in the
     parameter dtype and agrl keeps no f32 master copy;
   sampler: KV cache 2 * L * (N/dp) * (K/tp) * S * Hd * bytes, plus the fused per-layer
     weight copy the decode loop builds (agrl.sampling._decode_params, ~1x the layer weights);
@@ -16,7 +16,7 @@ Per device, with N = prompts * G sequences, S = P + T tokens, dp = data * fsdp, 
     the attention probabilities H / tp * S^2 (f32 + compute dtype); plus the completion
     logits 3 * T * V / tp f32.  With remat only each layer's input S * D is kept per layer
     (plus one layer's intermediates).  Rows per pass = micro_batch (default: all N / dp rows
-    at once, which is what agrl.train_step does today).
+    at once, which is what agrl.train.steps does today).
 Time (roofline): matmul FLOPs 2 * active params per token (6 for forward + backward) plus
 attention 2 * 2 * L * H * Hd * S_q * S_k (causal: half), divided by devices * peak * mfu;
 decoding takes T steps of max(FLOPs / (peak * mfu), bytes read / (HBM bandwidth * bw_eff))

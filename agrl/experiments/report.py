@@ -3,7 +3,8 @@ mean +- std rows, write results.md (b_eval / w_eval tables, accuracy per hard qu
 the pass@G diagnostics at the RL start) and Figures 1-3 as PNG files.
 
 Inputs are plain dicts: per_seed[seed] = {"models": {row: {"b_eval", "w_eval", "evals"?}},
-"diagnostics": agrl.policy_eval.pass_at_g output}; `plan` is an agrl.reproduce.ReproducePlan.
+"diagnostics": agrl.eval.policy_eval.pass_at_g output}; `plan` is an
+agrl.experiments.setup.ReproducePlan.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _type_table(agg: dict, split: str) -> str:
 
 def _teacher_table(agg: dict, split: str = "b_eval") -> str | None:
     """Accuracy on the records the teacher labels wrong / right (per hard type for the
-    wrong ones), or None when the evaluations carry no teacher_split (agrl.policy_eval)."""
+    wrong ones), or None when the evaluations carry no teacher_split (agrl.eval.policy_eval)."""
     from agrl.eval.metrics import metrics_table_markdown
 
     if not all("teacher_split" in agg[r][split] for r in ROWS):
@@ -130,7 +131,7 @@ def headline(per_seed: dict[int, dict], a: str = "agrl", b: str = "grpo") -> dic
 
 
 def _std(xs: list[float]) -> float:
-    """Sample std over seeds (ddof=1, as agrl.evaluate.aggregate_seeds), 0 for one seed."""
+    """Sample std over seeds (ddof=1, as agrl.eval.metrics.aggregate_seeds), 0 for one seed."""
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 

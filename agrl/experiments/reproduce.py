@@ -6,7 +6,7 @@
     -> results.json, results.md, fig1..fig3 PNGs, run.json
 
 Every stage writes into its own directory under --out; a stage whose model/ and eval.json
-exist is reused, an unfinished one resumes from its last checkpoint (agrl.train). The
+exist is reused, an unfinished one resumes from its last checkpoint (agrl.train.stages). The
 configuration is layered by agrl.config.build_config: agrl.experiments.setup.DEFAULTS
 (CPU-sized), then QUICK with --quick, then a TOML file (--config), then `section.key=value`
 overrides; `world.*` keys (a `[world]` table or `world.n_sft=...`) configure

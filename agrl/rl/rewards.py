@@ -2,7 +2,7 @@
 
 Two halves:
   host    `parsed_to_arrays(texts, order)`: completions -> fixed-shape arrays via
-          agrl.format.parse_batch (pred_label [N], pred_verdicts [N, R], format_ok [N]).
+          agrl.task.format.parse_batch (pred_label [N], pred_verdicts [N, R], format_ok [N]).
   jit     `compute_rewards(...)`: those arrays and the gold side -> reward [N] and the
           reward components [N, C] (names in COMPONENTS).
 

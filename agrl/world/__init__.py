@@ -3,7 +3,7 @@
     from agrl.world import WorldConfig, generate_world, write_world
     world = generate_world(WorldConfig(seed=0))   # {"sft": [...], "rl": [...], ...}
 
-Names are resolved lazily so that importing agrl.world.rules stays light.
+Names are resolved lazily so that importing agrl.task.rules stays light.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Configuration of the relevance world and its simulated teacher (SPEC 3).
 
-Frozen dataclasses validated on construction, like agrl/config.py: a bad value raises
+Frozen dataclasses validated on construction, like agrl/config/: a bad value raises
 ConfigError naming the field. Mixes are tuples so that the configs stay hashable.
 Label mixes are over labels (1, 2, 3, 4); query-type mixes over QUERY_TYPES.
 """

@@ -1,7 +1,7 @@
 """Query-item pairs of the relevance world and their gold judgement (SPEC 3).
 
 A pair is built structurally (Query, Item), judged by `judge` into per-rule verdict codes
-[R], labelled by the rule engine (agrl/world/rules.py), then rendered to noisy text.
+[R], labelled by the rule engine (agrl/task/rules.py), then rendered to noisy text.
 `sample_pair` draws a pair of a given query type whose gold label is a given target:
 it picks a scenario that can yield the label (an accessory, another brand, the negated
 substance present, ...) and checks the result with the engine, so every label is exactly

@@ -1,4 +1,5 @@
-"""agrl.evaluate and agrl.plots: hand-computed cases, properties, tables and PNG output."""
+"""agrl.eval.metrics and agrl.experiments.plots: hand-computed cases, properties, tables,
+PNG output."""
 
 import json
 import math

@@ -1,4 +1,5 @@
-"""The memory/time model (agrl/plan.py): hand-checked figures, and docs/scaling.md quotes it."""
+"""The memory/time model (agrl/experiments/capacity.py): hand-checked figures, and
+docs/scaling.md quotes it."""
 
 import math
 import re

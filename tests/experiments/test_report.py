@@ -1,4 +1,5 @@
-"""agrl.report (tables of `agrl reproduce`) and the pass@G group statistics, against numpy."""
+"""agrl.experiments.report (tables of `agrl reproduce`) and the pass@G group statistics,
+against numpy."""
 
 from __future__ import annotations
 

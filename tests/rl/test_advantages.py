@@ -1,4 +1,4 @@
-"""agrl.advantages against tests/reference.py, hand cases, invariances, the registry."""
+"""agrl.rl.advantages against tests/reference.py, hand cases, invariances, the registry."""
 
 import itertools
 

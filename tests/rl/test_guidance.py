@@ -1,4 +1,4 @@
-"""agrl.guidance: slots, forced prefixes, forced-token weights, the replay table."""
+"""agrl.rl.guidance: slots, forced prefixes, forced-token weights, the replay table."""
 
 import itertools
 import warnings

@@ -1,4 +1,4 @@
-"""agrl.loss: GRPO over all options vs tests/reference.py, hand cases, gradients,
+"""agrl.rl.loss: GRPO over all options vs tests/reference.py, hand cases, gradients,
 invariances, aux counts, SFT, DPO, the loss registry and the config guard rails."""
 
 import importlib

@@ -1,4 +1,4 @@
-"""agrl.rewards against tests/reference.py, hand-computed cases, presets, the registry."""
+"""agrl.rl.rewards against tests/reference.py, hand-computed cases, presets, the registry."""
 
 import itertools
 import warnings
@@ -196,7 +196,7 @@ def test_mismatch_code_counts_against_step():
 
 
 # ---------------------------------------------------------------------------------------
-# text -> parse -> reward (needs agrl.format)
+# text -> parse -> reward (needs agrl.task.format)
 
 _SCORE = jax.jit(rewards.compute_rewards, static_argnames="cfg")
 _GOLD_V = np.array([GOLD_NEG] * 4, np.int32)

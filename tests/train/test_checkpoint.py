@@ -1,4 +1,4 @@
-"""agrl.checkpoint: bit-exact round trips, retention, kill safety, clear errors."""
+"""agrl.train.checkpoint: bit-exact round trips, retention, kill safety, clear errors."""
 
 import json
 import os

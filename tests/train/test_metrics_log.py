@@ -1,4 +1,5 @@
-"""agrl.metrics_log: JSONL lines, null for non-finite, resume truncation, TensorBoard scalars."""
+"""agrl.train.metrics_log: JSONL lines, null for non-finite, resume truncation, TensorBoard
+scalars."""
 
 import json
 import math
