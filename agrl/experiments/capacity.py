@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 from agrl.config import MeshConfig, ModelConfig
 from agrl.model.params import param_logical_axes, param_shapes
-from agrl.parallel.sharding import LOGICAL_AXIS_RULES
+from agrl.model.presets import preset
+from agrl.parallel.sharding import LOGICAL_AXIS_RULES, mesh_shape
 
 GB = 1e9
 
@@ -87,7 +88,6 @@ MOE_30B_A3B = PlanModel(
 
 def plan_model(name: str) -> PlanModel:
     """An agrl.model.presets preset by name, or the MoE class config "30b-a3b-class"."""
-    from agrl.model.presets import preset
 
     if name == MOE_30B_A3B.name:
         return MOE_30B_A3B
@@ -197,7 +197,6 @@ def plan(
     assume: Assumptions = Assumptions(),
 ) -> CapacityPlan:
     """Per-device memory and per-step time of one RL step (module docstring)."""
-    from agrl.parallel.sharding import mesh_shape
 
     data, fsdp, tp = mesh_shape(mesh, n_devices)
     n_dev = data * fsdp * tp

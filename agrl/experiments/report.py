@@ -10,16 +10,27 @@ agrl.experiments.setup.ReproducePlan.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from agrl.experiments.setup import METHOD_NAMES, METHODS, ROW_NAMES, ROWS, fmt_seconds
+from agrl.eval.metrics import aggregate_seeds, metrics_table_markdown
+from agrl.experiments.plots import (
+    plot_curves,
+    plot_per_type_accuracy,
+    plot_zero_variance_and_trigger,
+    series_from_records,
+)
+from agrl.experiments.setup import (
+    METHOD_NAMES,
+    METHODS,
+    ROW_NAMES,
+    ROWS,
+    ReproducePlan,
+    fmt_seconds,
+)
 from agrl.task.data import HARD_TYPES
-
-if TYPE_CHECKING:
-    from agrl.experiments.setup import ReproducePlan
-
+from agrl.train.metrics_log import read_metrics
 
 # ---------------------------------------------------------------------------------------
 # Results: table, diagnostics, figures.
@@ -39,7 +50,6 @@ TABLE_COLUMNS: tuple[str, ...] = (
 
 def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
     """{row: {split: aggregate_seeds over seeds}} for every model row and split."""
-    from agrl.eval.metrics import aggregate_seeds
 
     out: dict[str, dict[str, Any]] = {}
     for row in ROWS:
@@ -53,7 +63,6 @@ def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, Any]]:
 def _type_table(agg: dict, split: str) -> str:
     types = [t for t in HARD_TYPES if t in agg["dpo"][split].get("accuracy_by_type", {})]
     rows = {ROW_NAMES[r]: agg[r][split].get("accuracy_by_type", {}) for r in ROWS}
-    from agrl.eval.metrics import metrics_table_markdown
 
     return metrics_table_markdown(rows, types)
 
@@ -61,7 +70,6 @@ def _type_table(agg: dict, split: str) -> str:
 def _teacher_table(agg: dict, split: str = "b_eval") -> str | None:
     """Accuracy on the records the teacher labels wrong / right (per hard type for the
     wrong ones), or None when the evaluations carry no teacher_split (agrl.eval.policy_eval)."""
-    from agrl.eval.metrics import metrics_table_markdown
 
     if not all("teacher_split" in agg[r][split] for r in ROWS):
         return None
@@ -158,7 +166,6 @@ def _headline_md(h: dict[str, Any], a: str = "agrl", b: str = "grpo") -> str:
 
 def results_markdown(plan: ReproducePlan, agg: dict, per_seed: dict[int, dict], wall: dict) -> str:
     """results.md: the SPEC 8 table for b_eval and w_eval, per-type accuracy, diagnostics."""
-    from agrl.eval.metrics import metrics_table_markdown
 
     n = len(plan.seeds)
     total = sum(v["seconds"] for v in wall.values() if isinstance(v, dict))
@@ -213,8 +220,6 @@ def _metric_series(per_seed: dict[int, dict], method: str, key: str) -> list:
 
 
 def _log_series(plan: ReproducePlan, method: str, key: str) -> list:
-    from agrl.experiments.plots import series_from_records
-    from agrl.train.metrics_log import read_metrics
 
     return [
         series_from_records(read_metrics(plan.out / f"seed{s}" / f"rl_{method}"), key)
@@ -227,11 +232,6 @@ def write_figures(
 ) -> list[Path]:
     """Figures 1-3 of SPEC 8 as PNG files in --out; agr_methods: the methods that run AGR
     (their trigger rate is drawn in Figure 2)."""
-    from agrl.experiments.plots import (
-        plot_curves,
-        plot_per_type_accuracy,
-        plot_zero_variance_and_trigger,
-    )
 
     out = plan.out
     paths = []

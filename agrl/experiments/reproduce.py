@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from agrl.config import (
@@ -34,6 +35,8 @@ from agrl.config import (
     method_preset,
     with_method,
 )
+from agrl.eval.metrics import write_json
+from agrl.eval.policy_eval import evaluate_policy, pass_at_g
 from agrl.experiments.report import aggregate, headline, results_markdown, write_figures
 from agrl.experiments.setup import (
     METHODS,
@@ -44,7 +47,12 @@ from agrl.experiments.setup import (
     fmt_seconds,
     with_run,
 )
-from agrl.train.loop import RunError
+from agrl.model import load_pretrained
+from agrl.task.data import load_records
+from agrl.task.tokenizer import load_tokenizer
+from agrl.train.loop import RunError, check_writable
+from agrl.train.stages import run_dpo, run_rl, run_sft
+from agrl.world.splits import write_world
 
 # ---------------------------------------------------------------------------------------
 # Configuration.
@@ -96,8 +104,6 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> dict[str, Any]:
-    import jax
-
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -134,7 +140,6 @@ def _check_same_run(plan: ReproducePlan) -> dict[str, Any]:
 
 
 def _write_run_json(plan: ReproducePlan, wall: dict[str, Any], total: float) -> None:
-    from agrl.eval.metrics import write_json
 
     write_json(
         plan.out / "run.json",
@@ -163,13 +168,11 @@ def _load_json(path: Path) -> Any:
 
 
 def _eval_records(cfg: Config, world_dir: Path, split: str) -> list[dict]:
-    from agrl.task.data import load_records
 
     return load_records(world_dir / f"{split}.jsonl")[: cfg.train.eval_size]
 
 
 def _policy(model_dir: Path, cfg: Config) -> tuple[Any, Config]:
-    from agrl.model import load_pretrained
 
     params, model_cfg = load_pretrained(model_dir)
     return params, dataclasses.replace(cfg, model=model_cfg)
@@ -181,8 +184,6 @@ def _trained_stage(run_fn, cfg: Config, run_dir: Path, tok, world_dir: Path) -> 
     b_eval metrics are the run's own eval.json (greedy, the first train.eval_size records);
     w_eval metrics go to eval_w.json.  Returns {b_eval, w_eval, evals?, mining?}.
     """
-    from agrl.eval.metrics import write_json
-    from agrl.eval.policy_eval import evaluate_policy
 
     summary = {} if _done(run_dir) else run_fn(cfg, resume=True)
     if summary and not summary.get("complete", True):
@@ -202,8 +203,6 @@ def _trained_stage(run_fn, cfg: Config, run_dir: Path, tok, world_dir: Path) -> 
 
 def _prepare_world(plan: ReproducePlan) -> Path:
     """Write the world once (splits, tokenizer) plus sft_gold.jsonl for the oracle SFT."""
-    from agrl.task.tokenizer import load_tokenizer
-    from agrl.world.splits import write_world
 
     world_dir = plan.out / "world"
     gold_file = world_dir / "sft_gold.jsonl"
@@ -225,9 +224,6 @@ def _prepare_world(plan: ReproducePlan) -> Path:
 
 
 def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path, tok) -> dict:
-    from agrl.eval.metrics import write_json
-    from agrl.eval.policy_eval import pass_at_g
-    from agrl.task.data import load_records
 
     path = plan.out / f"seed{seed}" / "diagnostics.json"
     if path.exists():
@@ -258,7 +254,6 @@ def _stage_costs(plan: ReproducePlan) -> list[tuple[str, float]]:
 
 
 def _run_seed(plan: ReproducePlan, seed: int, world_dir: Path, tok, progress: Progress) -> dict:
-    from agrl.train.stages import run_dpo, run_rl, run_sft
 
     base = plan.out / f"seed{seed}"
     cfg, results = plan.cfg, {}
@@ -308,9 +303,6 @@ def _run_seed(plan: ReproducePlan, seed: int, world_dir: Path, tok, progress: Pr
 def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
     """Run (or resume) every stage of the plan and write results.json, results.md, figures
     and run.json into plan.out.  Returns {results, paths}."""
-    from agrl.eval.metrics import write_json
-    from agrl.task.tokenizer import load_tokenizer
-    from agrl.train.loop import check_writable
 
     check_writable(plan.out)
     wall = dict(_check_same_run(plan))

@@ -112,7 +112,6 @@ def init_params(cfg: ModelConfig, key: jax.Array, init_std: float = 0.02) -> Par
 
 def abstract_params(cfg: ModelConfig) -> Any:
     """jax.ShapeDtypeStruct of every parameter (the params tree, no memory)."""
-    from agrl.model.params import param_shapes
 
     dtype = jnp.dtype(cfg.param_dtype)
     return jax.tree.map(
@@ -124,7 +123,6 @@ def abstract_params(cfg: ModelConfig) -> Any:
 
 def model_param_shardings(cfg: ModelConfig, mesh: Mesh) -> Any:
     """NamedSharding of every parameter of a model config, without creating any array."""
-    from agrl.model.params import param_logical_axes
 
     return param_shardings(abstract_params(cfg), param_logical_axes(cfg), mesh)
 
@@ -133,7 +131,6 @@ def init_sharded_params(cfg: ModelConfig, key: jax.Array, mesh: Mesh) -> Any:
     """Random params created shard by shard on their devices (jit with out_shardings): the
     full model never exists on one device.  Equal to `init_params(cfg, key)` (threefry is
     partitionable, so the draws do not depend on the mesh)."""
-    from agrl.model.params import init_params
 
     init = jax.jit(partial(init_params, cfg), out_shardings=model_param_shardings(cfg, mesh))
     return init(key)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agrl.config import ConfigError, RewardConfig
+from agrl.task.format import parse_batch
 from agrl.task.rules import R, rule_label
 
 # Columns of the components array [N, C], in this order.
@@ -69,7 +70,6 @@ def parsed_to_arrays(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Completions -> (pred_label [N] int32 (0: none), pred_verdicts [N, R] int32 (-1:
     missing), format_ok [N] bool), the fixed-shape input of `compute_rewards`."""
-    from agrl.task.format import parse_batch  # host only; keeps this module importable alone
 
     labels, verdicts, ok = parse_batch(list(texts), order)
     labels = np.asarray(labels, np.int32).reshape(len(texts))

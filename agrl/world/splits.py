@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from agrl.task.data import QUERY_TYPES
-from agrl.task.format import render_prompt, render_rationale, render_response
+from agrl.task.format import FORMAT_WORDS, render_prompt, render_rationale, render_response
 from agrl.task.rules import CODE_NAMES, DIMS, rule_label
+from agrl.task.tokenizer import build_tokenizer
 from agrl.world import catalog as C
 from agrl.world.config import SPLITS, WorldConfig
 from agrl.world.generate import (
+    ATTR_KINDS,
     feasible_types,
     item_summary,
     query_summary,
@@ -110,8 +112,6 @@ def dump_records(records: list[dict], path: str | Path) -> None:
 
 def world_vocabulary() -> list[str]:
     """Every word the world can write (catalog, templates, summaries, format markers)."""
-    from agrl.task.format import FORMAT_WORDS
-    from agrl.world.generate import ATTR_KINDS
 
     words: list[str] = list(FORMAT_WORDS)
     for c in C.CATEGORIES:
@@ -171,7 +171,6 @@ def format_summary(summary: dict) -> str:
 
 def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict:
     """Write <split>.jsonl for every split and tokenizer/ into out_dir; return the summary."""
-    from agrl.task.tokenizer import build_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
