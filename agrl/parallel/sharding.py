@@ -126,11 +126,6 @@ def param_shardings(params: Any, axes: Any, mesh: Mesh) -> Any:
     )
 
 
-def shard_params(params: Any, axes: Any, mesh: Mesh) -> Any:
-    """device_put every parameter with the sharding the rules table gives it."""
-    return jax.device_put(params, param_shardings(params, axes, mesh))
-
-
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...], mesh: Mesh | None) -> jax.Array:
     """with_sharding_constraint of an activation by logical names; identity without a mesh."""
     if mesh is None:

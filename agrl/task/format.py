@@ -131,18 +131,6 @@ def assemble_response(label: int, rationale: str, order: Order = "label_first") 
     return f"{rationale} {THINK_CLOSE} {LABEL_OPEN} {int(label)} {LABEL_CLOSE}"
 
 
-def split_response(text: str, order: Order = "label_first") -> tuple[str, str]:
-    """(label part, rationale part) of a well-formed rendered response, for guided replay.
-
-    Label-first: ("2", "</label> <think> ... </think>"). Think-first: the rationale first.
-    """
-    _check_order(order)
-    words = _words(text).split(" ")
-    if order == "label_first":
-        return words[0], " ".join(words[1:])
-    return " ".join(words[:-3]), " ".join(words[-3:])
-
-
 _VERDICT_RE = re.compile(
     r"(?<![\w-])(" + "|".join(DIMS) + r")\s*=\s*([A-Za-z/]+)",
 )

@@ -6,7 +6,7 @@ A run state has two parts:
     replay table. Arrays may be sharded over a multi-device mesh; each is written by
     orbax from its shards and restored onto the sharding of the `target` tree.
   * `host_state`: a JSON-able dict: step, data cursor, numpy Generator state
-    (`generator_state(rng)`), metrics history, the config as a dict.
+    (`rng.bit_generator.state`), metrics history, the config as a dict.
 
 On-disk layout (one directory per step):
     <directory>/<step>/arrays/...            orbax StandardCheckpointHandler (OCDBT)
@@ -55,18 +55,6 @@ class CheckpointError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------
 # Small pure helpers.
-
-
-def generator_state(rng: np.random.Generator) -> dict:
-    """JSON-able state of a numpy Generator (bit generator name and its integers)."""
-    return rng.bit_generator.state
-
-
-def generator_from_state(state: dict) -> np.random.Generator:
-    """Inverse of `generator_state`: a Generator whose next draws equal the saved one's."""
-    bit_gen = getattr(np.random, state["bit_generator"])()
-    bit_gen.state = state
-    return np.random.Generator(bit_gen)
 
 
 def tree_manifest(tree: Any) -> dict[str, dict]:

@@ -10,12 +10,12 @@ from jax.sharding import PartitionSpec
 
 from agrl.config import MeshConfig
 from agrl.model import completion_logps, forward, init_params, param_logical_axes, preset
+from agrl.model.params import place_params
 from agrl.parallel.sharding import (
     LOGICAL_AXIS_RULES,
     batch_sharding,
     constrain,
     make_mesh,
-    shard_params,
 )
 from tests.tolerance import f32_tol
 
@@ -38,7 +38,7 @@ def test_mesh_fill():
 def test_every_parameter_follows_the_table(mesh):
     params = init_params(CFG, jax.random.key(0))
     axes = param_logical_axes(CFG)
-    sharded = shard_params(params, axes, mesh)
+    sharded = place_params(params, CFG, mesh)
     flat = jax.tree_util.tree_leaves_with_path(sharded)
     axes_flat = jax.tree_util.tree_structure(params).flatten_up_to(axes)
     assert len(flat) == len(axes_flat) >= 12
@@ -59,7 +59,7 @@ def test_every_parameter_follows_the_table(mesh):
 
 def test_sharded_forward_equals_single_device(mesh):
     params = init_params(CFG, jax.random.key(1), init_std=0.1)
-    sharded = shard_params(params, param_logical_axes(CFG), mesh)
+    sharded = place_params(params, CFG, mesh)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, CFG.vocab_size, (8, 10)).astype(np.int32)
     mask = np.ones((8, 10), bool)
@@ -85,7 +85,7 @@ def test_indivisible_dimension_names_the_tensor():
     cfg = dataclasses.replace(CFG, num_kv_heads=1, num_heads=4)  # kv_heads=1 over tensor=2
     mesh = make_mesh(MeshConfig(data=4, fsdp=1, tensor=2))
     with pytest.raises(ValueError, match=r"\['layers'\]\['wk'\]: dim 2 \(kv_heads=1\)"):
-        shard_params(init_params(cfg, jax.random.key(0)), param_logical_axes(cfg), mesh)
+        place_params(init_params(cfg, jax.random.key(0)), cfg, mesh)
 
 
 def test_constrain(mesh):
