@@ -12,17 +12,29 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
-from agrl.config import ConfigError
-from agrl.model.hf import CheckpointError as ModelError
-from agrl.task.data import DataError, has_verdicts, load_records
-from agrl.train.checkpoint import CheckpointError
-from agrl.train.loop import RunError
-
 EXIT_USER_ERROR = 2
+# The error types that mean "the user's input is wrong" (module, class). The modules are
+# imported lazily by the commands (`agrl --help` must not pay for jax, torch, orbax): an
+# exception can only be of one of these types if its module has been imported already.
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("agrl.config.base", "ConfigError"),
+    ("agrl.task.data", "DataError"),
+    ("agrl.train.loop", "RunError"),
+    ("agrl.train.checkpoint", "CheckpointError"),
+    ("agrl.model.hf", "CheckpointError"),
+)
 
 
 class UserError(Exception):
     """A mistake in the command line or its inputs; printed as one line, exit 2."""
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether e is one of USER_ERRORS (or UserError, or an OSError such as a missing file)."""
+    if isinstance(e, (UserError, OSError)):
+        return True
+    loaded = (getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules)
+    return any(isinstance(e, cls) for cls in loaded)
 
 
 def _world(args: argparse.Namespace) -> int:
@@ -63,6 +75,8 @@ def add_world(sub) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from agrl.task.data import has_verdicts, load_records
+
     records = load_records(args.file)
     labels = Counter(r["label"] for r in records)
     mix = " ".join(f"{lab}:{labels[lab]}" for lab in (1, 2, 3, 4))
@@ -144,6 +158,7 @@ def _eval(args: argparse.Namespace) -> int:
     from agrl.eval.metrics import metrics_table_markdown, write_json
     from agrl.eval.policy_eval import evaluate_policy
     from agrl.model import load_pretrained
+    from agrl.task.data import load_records
     from agrl.task.tokenizer import load_tokenizer
 
     params, model_cfg = load_pretrained(args.model)
@@ -199,10 +214,33 @@ def add_score(sub) -> None:
     p.set_defaults(func=_score)
 
 
-def add_reproduce(sub) -> None:
-    from agrl.experiments.reproduce import add_reproduce as add
+def _reproduce(args: argparse.Namespace) -> int:
+    from agrl.experiments.reproduce import run_reproduce
+    from agrl.experiments.setup import build_plan
 
-    add(sub)
+    plan = build_plan(quick=args.quick, seeds=args.seeds, out=args.out, config=args.config,
+                      overrides=args.overrides)  # fmt: skip
+    run_reproduce(plan)
+    print((plan.out / "results.md").read_text())
+    return 0
+
+
+def add_reproduce(sub) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="the main job: world -> SFT -> DPO -> RL (5 methods) -> table + figures",
+        description=(
+            "Reproduce the SPEC 8 comparison on the relevance world. Reruns on the same --out "
+            "reuse finished stages and resume unfinished ones. Overrides: section.key=value "
+            "for the Config tree, world.key=value for the world, diag.prompts=N."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in minutes")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
+    p.add_argument("--out", default="runs/reproduce", help="output directory")
+    p.add_argument("--config", default=None, help="TOML file layered over the defaults")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.set_defaults(func=_reproduce)
 
 
 COMMANDS: list[Callable] = [
@@ -239,10 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError, UserError, RunError, CheckpointError, ModelError) as e:
-        print(f"agrl {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as e:
+    except Exception as e:
+        if not is_user_error(e):
+            raise
         print(f"agrl {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
 

@@ -43,7 +43,6 @@ from agrl.experiments.setup import (
     ROW_NAMES,
     ROWS,
     ReproducePlan,
-    build_plan,
     fmt_seconds,
     with_run,
 )
@@ -339,35 +338,3 @@ def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
         + ", ".join(p.name for p in paths)
     )
     return {"results": results, "paths": paths}
-
-
-def _cmd(args) -> int:
-    plan = build_plan(
-        quick=args.quick,
-        seeds=args.seeds,
-        out=args.out,
-        config=args.config,
-        overrides=args.overrides,
-    )
-    run_reproduce(plan)
-    print((plan.out / "results.md").read_text())
-    return 0
-
-
-def add_reproduce(sub) -> None:
-    """Register `agrl reproduce` with the CLI's subparsers."""
-    p = sub.add_parser(
-        "reproduce",
-        help="the main job: world -> SFT -> DPO -> RL (5 methods) -> table + figures",
-        description=(
-            "Reproduce the SPEC 8 comparison on the relevance world. Reruns on the same --out "
-            "reuse finished stages and resume unfinished ones. Overrides: section.key=value "
-            "for the Config tree, world.key=value for the world, diag.prompts=N."
-        ),
-    )
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in minutes")
-    p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
-    p.add_argument("--out", default="runs/reproduce", help="output directory")
-    p.add_argument("--config", default=None, help="TOML file layered over the defaults")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    p.set_defaults(func=_cmd)
