@@ -5,11 +5,12 @@ The shared configuration (../shared/bench/README.md): tiny random Qwen3 (vocab 2
 G=8 = 64 completions, 48 prompt tokens, 64 new tokens (no EOS id, so every row decodes all
 64), temperature 1 (no top-k / top-p), mu = 1, beta = 0.02 (k3), lr 1e-5.
 
-What is timed: `agrl.train.rollout.rl_iteration` itself, the composition training uses (sampler ->
-text decode + parse -> jitted rewards/advantages -> reference logps -> update), on a synthetic
-prompt pool (random prompt ids over a real word-level tokenizer built by
-`agrl.task.tokenizer.build_tokenizer`, random gold labels and verdicts). The stage times are the
-ones rl_iteration reports in its metrics. `--method grpo` (default) is plain GRPO, the peers'
+What is timed: `RLRun.step` of `agrl.train.rl_run.prepare_rl`, i.e. one
+`agrl.train.rollout.rl_iteration`, the composition training uses (sampler -> text decode +
+parse -> jitted scoring and guidance -> reference logps -> update), on a synthetic prompt
+pool (random prompt ids over a real word-level tokenizer built by
+`agrl.task.tokenizer.build_tokenizer`, random gold labels and verdicts). The stage times are
+the ones rl_iteration reports in its metrics. `--method grpo` (default) is plain GRPO, the peers'
 algorithm; `--method agrl` adds RRS + AGR (a random policy fails every group, so the guided
 re-rollout of 8 slots runs every iteration).
 
@@ -36,21 +37,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agrl.config import Config, LossConfig, OptimConfig, SamplingConfig, TrainConfig
+from agrl.config import Config, build_config
 from agrl.model import preset
 from agrl.model.params import init_params
-from agrl.rl.guidance import init_replay
 from agrl.task.rules import R
 from agrl.task.tokenizer import LABEL_WORDS, build_tokenizer
-from agrl.train.rollout import PromptPool, make_rl_context, rl_iteration
-from agrl.train.steps import init_train_state, make_optimizer
+from agrl.train.rl_run import RLRun, prepare_rl
+from agrl.train.rollout import PromptPool
 
 STAGES = ("time_sample", "time_parse_reward", "time_ref_logps", "time_update", "time_iteration")
 BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "bench"
@@ -69,26 +69,17 @@ def matmul_peak(repeats: int = 20) -> float:
     return 2 * 2048**3 / statistics.median(times) / 1e9
 
 
-def build_config(method: str, P: int, T: int, B: int, G: int) -> Config:
-    from agrl.config import apply_overrides, config_from_dict, method_preset
-
-    overrides = [f"{k}={v}" for k, v in method_preset(method).items()]
-    base = config_from_dict(apply_overrides({}, overrides))
-    return replace(
-        base,
-        model=preset("tiny"),
-        sampling=SamplingConfig(
-            group_size=G,
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=T,
-            prompt_buckets=(P,),
-        ),  # fmt: skip
-        loss=LossConfig(kl_beta=0.02, kl_estimator="k3", mu=1),
-        optim=OptimConfig(lr=1e-5),
-        train=TrainConfig(method=method, prompts_per_step=B),
-    )
+def bench_config(method: str, P: int, T: int, B: int, G: int) -> Config:
+    """The shared configuration on top of the method's preset (agrl.config.build_config)."""
+    base = {
+        "model": asdict(preset("tiny")),
+        "sampling": {"group_size": G, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                     "max_new_tokens": T, "prompt_buckets": [P]},
+        "loss": {"kl_beta": 0.02, "kl_estimator": "k3", "mu": 1},
+        "optim": {"lr": 1e-5},
+        "train": {"method": method, "prompts_per_step": B, "steps": 1000},
+    }  # fmt: skip
+    return build_config(base=base)
 
 
 def synthetic_pool(tok, M: int, P: int, rng: np.random.Generator) -> PromptPool:
@@ -123,18 +114,12 @@ def run_peer(python: str, script: Path, steps: int, pattern: str) -> float | Non
     return float(m.group(1))
 
 
-def time_agrl(ctx, params, ref_params, pool, B, iters, key, rng):
-    optimizer = make_optimizer(ctx.cfg.optim, 1000)
-    # A fresh copy per block: the train state is donated to the update.
-    state = init_train_state(jax.tree.map(lambda x: jnp.array(x, copy=True), params), optimizer)
-    replay = init_replay(len(pool))
+def time_agrl(rl: RLRun, step0: int, iters: int) -> list[dict]:
+    """Stage times of iterations step0+1 .. step0+iters (step0 compiles or re-warms)."""
     rows = []
-    for step in range(iters + 1):  # step 0 compiles
-        idx = rng.choice(len(pool), B, replace=False)
-        state, replay, m, _ = rl_iteration(
-            ctx, state, ref_params, replay, idx, jax.random.fold_in(key, step), step
-        )
-        if step > 0:
+    for step in range(step0, step0 + iters + 1):
+        m, _ = rl.step(step)
+        if step > step0:
             rows.append({k: m[k] for k in STAGES})
     return rows
 
@@ -152,21 +137,19 @@ def main() -> None:
     N = B * G
 
     rng = np.random.default_rng(0)
-    cfg = build_config(args.method, P, T, B, G)
+    cfg = bench_config(args.method, P, T, B, G)
     words = list(LABEL_WORDS) + [f"w{i}" for i in range(cfg.model.vocab_size - 8)]
     with tempfile.TemporaryDirectory() as d:
         tok = build_tokenizer(words, d)
     assert len(tok) == cfg.model.vocab_size, len(tok)
-    pool = synthetic_pool(tok, 512, P, rng)
-    optimizer = make_optimizer(cfg.optim, 1000)
-    ctx = make_rl_context(cfg, pool, tok, optimizer, eos_ids=())  # no EOS: all T decoded
     params = init_params(cfg.model, jax.random.key(0))
-    ref_params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    key = jax.random.key(1)
+    # policy = reference = the random init; no EOS id, so every row decodes all T tokens
+    rl = prepare_rl(cfg, tokenizer=tok, pool=synthetic_pool(tok, 512, P, rng), params=params,
+                    eos=())  # fmt: skip
 
     # agrl, the peer, agrl again: the machine's load drifts, so agrl brackets the peer.
     peaks = [matmul_peak()]
-    rows = time_agrl(ctx, params, ref_params, pool, B, args.iters, key, rng)
+    rows = time_agrl(rl, 0, args.iters)
     trl = run_peer(
         args.trl_python, BENCH_DIR / "trl_grpo.py", args.trl_steps,
         r"median s/step \(after 1st\) = ([0-9.]+)",
@@ -176,7 +159,7 @@ def main() -> None:
         r"median[^=]*=\s*([0-9.]+)",
     )  # fmt: skip
     peaks.append(matmul_peak())
-    rows += time_agrl(ctx, params, ref_params, pool, B, args.iters, key, rng)
+    rows += time_agrl(rl, args.iters + 1, args.iters)
     peak = statistics.median(peaks)
 
     med = {k: statistics.median(r[k] for r in rows) for k in STAGES}

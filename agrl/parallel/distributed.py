@@ -1,10 +1,10 @@
 """Multi-process runtime: `jax.distributed` start-up, global batches, sharded state and sampler.
 
-One program runs in every process (SPMD, multi-controller JAX). The mesh (agrl.sharding)
+One program runs in every process (SPMD, multi-controller JAX). The mesh (agrl.parallel.sharding)
 spans the devices of all processes; every jitted step runs on all of them at once, so every
 process must call the same jitted functions in the same order.
 
-Division of work in an RL iteration (agrl.rollout):
+Division of work in an RL iteration (agrl.train.rollout):
   * device: sampling, log-probs and updates on global arrays sharded over (data, fsdp);
   * host: every process computes the same batch indices (same seed), gathers the sampled
     tokens (`to_host`), and parses and scores all N completions itself, so AGR slot choice,
@@ -154,7 +154,7 @@ def host_local_rows(sharding: NamedSharding, n_rows: int) -> slice:
     if not covered[lo:hi].all():
         raise ValueError(
             f"this process's rows of {sharding.spec} are not contiguous; build the mesh "
-            "with agrl.sharding.make_mesh (process-major device order)"
+            "with agrl.parallel.sharding.make_mesh (process-major device order)"
         )
     return slice(lo, hi)
 

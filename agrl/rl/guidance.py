@@ -1,6 +1,7 @@
 """Adaptive guided replay, AGR (SPEC 5).
 
-One RL iteration uses these pieces in this order (the composition lives in rollout.py):
+One RL iteration uses these pieces in this order (`agrl.rl.score.score_and_guide` composes
+steps 1-3 in one jitted function; agrl.train.rollout the iteration):
   1. G unguided rollouts per prompt -> group label accuracy acc [B].
   2. `select_guided_slots`: groups with acc <= tau get k = clip(round(G (0.5 - acc)), 1,
      G // 2) of their lowest-reward rollouts replaced by guided ones, at most `budget`
@@ -26,6 +27,21 @@ import numpy as np
 from agrl.config import GuidanceConfig
 
 LOSS_MODES = ("include", "mask", "mask_if_negative", "offpolicy")
+
+
+# ---------------------------------------------------------------------------------------
+# The two thresholds (numpy or jax arrays alike): every caller uses these.
+
+
+def is_triggered(acc, tau: float):
+    """AGR trigger of a visit [B] bool: the group's unguided accuracy acc <= tau (SPEC 5)."""
+    return acc <= tau
+
+
+def is_solved(ema, tau: float):
+    """A prompt counts as solved [M] bool once its accuracy EMA passes tau: its level then
+    falls and replay stops drawing it (SPEC 5)."""
+    return ema > tau
 
 
 # ---------------------------------------------------------------------------------------
@@ -58,7 +74,7 @@ def select_guided_slots(
     is what breaks a zero-variance group.
     """
     b, g = rewards.shape
-    triggered = acc <= tau  # [B]
+    triggered = is_triggered(acc, tau)  # [B]
     k = slot_counts(acc, group_size)  # [B]
     # rank of each rollout inside its group by (reward, index): 0 = lowest reward
     order = jnp.argsort(rewards, axis=-1, stable=True)  # [B, G]
@@ -211,7 +227,7 @@ def update_replay(
     rise = streak >= cfg.level_up_streak
     level = np.where(rise, np.minimum(level + 1, cfg.max_level), level)
     streak = np.where(rise, 0, streak)
-    level = np.where(ema > cfg.tau, np.maximum(level - 1, 0), level)
+    level = np.where(is_solved(ema, cfg.tau), np.maximum(level - 1, 0), level)
 
     new = {name: np.array(arr, copy=True) for name, arr in table._asdict().items()}
     new["ema"][idx] = ema
@@ -237,7 +253,7 @@ def sample_replay(
     prompts already in the next batch). Each candidate enters with probability p_replay;
     if more than n do, n of them are kept uniformly at random.
     """
-    candidate = (table.last_step >= 0) & (table.ema <= tau)
+    candidate = (table.last_step >= 0) & ~is_solved(table.ema, tau)
     if exclude is not None:
         candidate[np.asarray(exclude, np.int64)] = False
     pool = np.flatnonzero(candidate)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agrl.config import ConfigError, RewardConfig
+from agrl.rl.types import Parsed
 from agrl.task.format import parse_batch
 from agrl.task.rules import R, rule_label
 
@@ -65,16 +66,14 @@ def get_reward_fn(name: str) -> RewardFn:
 # Host side: text -> arrays.
 
 
-def parsed_to_arrays(
-    texts: Sequence[str], order: str = "label_first"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Completions -> (pred_label [N] int32 (0: none), pred_verdicts [N, R] int32 (-1:
+def parsed_to_arrays(texts: Sequence[str], order: str = "label_first") -> Parsed:
+    """Completions -> Parsed(pred_label [N] int32 (0: none), pred_verdicts [N, R] int32 (-1:
     missing), format_ok [N] bool), the fixed-shape input of `compute_rewards`."""
 
     labels, verdicts, ok = parse_batch(list(texts), order)
     labels = np.asarray(labels, np.int32).reshape(len(texts))
     verdicts = np.asarray(verdicts, np.int32).reshape(len(texts), R)
-    return labels, verdicts, np.asarray(ok, bool).reshape(len(texts))
+    return Parsed(labels, verdicts, np.asarray(ok, bool).reshape(len(texts)))
 
 
 def fallback_message(gold_has_verdicts: np.ndarray) -> str | None:

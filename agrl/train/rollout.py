@@ -1,19 +1,22 @@
 """One RL iteration on the host, composing the jitted pieces (SPEC 1, 5, 6).
 
-    sample G per prompt -> decode + parse -> RRS rewards -> group accuracy
-      -> AGR: pick guided slots, force gold label + rationale prefix, re-roll those slots
-      -> rewards of the mixed group -> advantages -> replay-table update
-      -> reference (and, for mu > 1, old) log-probs -> mu jitted updates -> metrics
+    sample G per prompt -> decode + parse -> score and guide (jit: rewards, group stats,
+      advantages, AGR slots and forced prefixes) -> guided re-roll of those slots
+      -> rescore the mixed group -> replay-table update -> reference (and, for mu > 1,
+      old) log-probs -> mu jitted updates -> metrics
 
 Everything numeric is a jitted pure function with static shapes: the guided re-rollout
 always uses `guidance.slots_per_batch` rows (unused slots are forced to nothing and
 discarded), so one iteration compiles once per prompt-length bucket. Host work is the
-text decode and parse of N + S completions, timed separately in the metrics.
+text decode and parse of N + S completions, timed separately in the metrics. The data
+between the steps is typed (agrl.rl.types): Parsed, Gold, Scores, Rollout, RLBatch.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,15 +26,12 @@ import numpy as np
 
 from agrl.config import Config
 from agrl.parallel.distributed import put_rows, to_host
-from agrl.rl.advantages import compute_advantages, group_stats
-from agrl.rl.guidance import (
-    ReplayTable,
-    build_forced_prefixes,
-    sample_replay,
-    select_guided_slots,
-    update_replay,
-)
-from agrl.rl.rewards import COMPONENTS, compute_rewards
+from agrl.parallel.sharding import data_parallel_size
+from agrl.rl.guidance import ReplayTable, sample_replay, update_replay
+from agrl.rl.metrics import rl_metrics
+from agrl.rl.rewards import parsed_to_arrays
+from agrl.rl.score import make_scorer
+from agrl.rl.types import Gold, Parsed, RLBatch, Rollout, Scores
 from agrl.sampling import make_sampler, make_sharded_sampler
 from agrl.task.data import (
     decode_completions,
@@ -42,9 +42,8 @@ from agrl.task.data import (
     pad_right,
     verdict_array,
 )
-from agrl.task.format import parse_batch
 from agrl.task.rules import R
-from agrl.train.steps import TrainState, make_logps_fn, make_rl_step, train_state_shardings
+from agrl.train.steps import TrainState, make_logps_fn, make_rl_step
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,16 @@ class PromptPool:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    def gold(self, idx: np.ndarray) -> Gold:
+        """The gold side of prompts idx [B]."""
+        return Gold(
+            self.gold_label[idx],
+            self.gold_verdicts[idx],
+            self.has_verdicts[idx],
+            self.gold_ids[idx],
+            self.gold_len[idx],
+        )
 
 
 class BatchSampler:
@@ -112,56 +121,51 @@ class RLContext:
     pad_id: int
     tokenizer: Any
     sampler: Any
-    guided_sampler: Any
-    rl_step: Any
-    logps_fn: Any
-    score: Any  # jitted: parsed arrays + gold -> (reward, components, advantages, stats)
+    guided_sampler: Any  # None without AGR slots
+    rl_step: Any  # jit(state, RLBatch) -> (state, metrics)
+    logps_fn: Any  # jit(params, prompt_ids, prompt_mask, completion_ids, mask) -> logps
+    score: Any  # jit(Parsed, Gold, levels, slots=) -> Scores (agrl.rl.score)
     mesh: Any = None  # jax Mesh: batches split over (data, fsdp); None: one device
-    state_shardings: Any = None  # TrainState of NamedShardings (the rules table), with mesh
+
+
+def guided_slots(cfg: Config) -> int:
+    """The guided re-rollout's static row count (0: no AGR)."""
+    return cfg.guidance.slots_per_batch if cfg.guidance.enabled else 0
 
 
 def make_rl_context(
     cfg: Config, pool: PromptPool, tokenizer, optimizer, eos_ids, mesh=None
 ) -> RLContext:
     """Build the samplers and jitted functions once for a config (under `mesh` if given:
-    agrl.distributed's sampler, and batches placed as global arrays split on rows)."""
-    scfg, G = cfg.sampling, cfg.sampling.group_size
+    the sharded sampler, steps jitted with the mesh's shardings, batches as global arrays
+    split on rows, so B * G must be divisible by the data-parallel size)."""
     pad_id = int(tokenizer.pad_token_id)
+    if mesh is not None:
+        n, dp = cfg.train.prompts_per_step * cfg.sampling.group_size, data_parallel_size(mesh)
+        if n % dp:
+            raise ValueError(
+                f"train.prompts_per_step * sampling.group_size = {n} rollouts are not "
+                f"divisible by the mesh's data-parallel size {dp} (mesh.data * mesh.fsdp)"
+            )
 
-    def new_sampler(**kw):
+    def new_sampler(**kw):  # the one place samplers are made
         kw |= dict(eos_ids=tuple(eos_ids), pad_id=pad_id)
         if mesh is None:
-            return make_sampler(cfg.model, scfg, **kw)
-        return make_sharded_sampler(cfg.model, scfg, mesh, **kw)
+            return make_sampler(cfg.model, cfg.sampling, **kw)
+        return make_sharded_sampler(cfg.model, cfg.sampling, mesh, **kw)
 
-    sampler = new_sampler()
-    slots = cfg.guidance.slots_per_batch if cfg.guidance.enabled else 0
-    guided_sampler = new_sampler(group_size=1) if slots > 0 else None
-
-    def score(pred_label, pred_verdicts, format_ok, gold_label, gold_verdicts, has_verdicts):
-        reward, comps = compute_rewards(
-            pred_label, pred_verdicts, format_ok, gold_label, gold_verdicts, has_verdicts,
-            cfg.reward,
-        )  # fmt: skip
-        correct = comps[:, COMPONENTS.index("correct")].reshape(-1, G)
-        stats = group_stats(correct, reward.reshape(-1, G), cfg.loss.difficulty_filter)
-        adv = compute_advantages(reward.reshape(-1, G), cfg.advantage)
-        return reward, comps, adv, stats
-
+    temperature = _logp_temperature(cfg)
     return RLContext(
         cfg=cfg,
         pool=pool,
         pad_id=pad_id,
         tokenizer=tokenizer,
-        sampler=sampler,
-        guided_sampler=guided_sampler,
-        rl_step=make_rl_step(
-            cfg.model, cfg.loss, cfg.guidance, optimizer, temperature=_logp_temperature(cfg)
-        ),
-        logps_fn=make_logps_fn(cfg.model, temperature=_logp_temperature(cfg)),
-        score=jax.jit(score),
+        sampler=new_sampler(),
+        guided_sampler=new_sampler(group_size=1) if guided_slots(cfg) > 0 else None,
+        rl_step=make_rl_step(cfg.model, cfg.loss, cfg.guidance, optimizer, temperature, mesh=mesh),
+        logps_fn=make_logps_fn(cfg.model, temperature, mesh=mesh),
+        score=make_scorer(cfg, pad_id),
         mesh=mesh,
-        state_shardings=None if mesh is None else train_state_shardings(cfg.model, optimizer, mesh),
     )
 
 
@@ -169,13 +173,6 @@ def _logp_temperature(cfg: Config) -> float:
     """Log-probs are those of the sampling distribution (logits / temperature), as the
     sampler returns them; greedy (temperature 0) scores at temperature 1."""
     return cfg.sampling.temperature if cfg.sampling.temperature > 0 else 1.0
-
-
-def _parse(ctx: RLContext, tokens, mask):
-    labels, verdicts, ok = parse_batch(
-        decode_completions(ctx.tokenizer, tokens, mask), ctx.cfg.train.response_order
-    )
-    return labels.astype(np.int32), verdicts.astype(np.int32), ok.astype(bool)
 
 
 def rl_iteration(
@@ -186,196 +183,145 @@ def rl_iteration(
     batch_idx: np.ndarray,
     key: jax.Array,
     step: int,
-) -> tuple[TrainState, ReplayTable, dict[str, float], dict[str, np.ndarray]]:
-    """One RL iteration on prompts batch_idx [B].  Returns (state, replay, metrics, rollout)
-    where rollout holds the host arrays of the batch (tokens, rewards, guided, ...) for
-    inspection.  key is this step's key (the caller folds in the step)."""
-    cfg, pool, G = ctx.cfg, ctx.pool, ctx.cfg.sampling.group_size
-    B, N = len(batch_idx), len(batch_idx) * G
-    t0 = time.perf_counter()
-    seqs = [pool.prompt_ids[i] for i in batch_idx]
-    # Pad to the sampler's length bucket, so that sampling, log-probs and the update all
-    # see one shape per bucket and compile once (not once per longest prompt).
-    bucket = ctx.sampler.bucket(max(len(x) for x in seqs))
-    prompt_ids, prompt_mask = pad_left(seqs, bucket, ctx.pad_id)
+) -> tuple[TrainState, ReplayTable, dict[str, float], Rollout]:
+    """One RL iteration on prompts batch_idx [B] (module docstring).  Returns (state, replay,
+    metrics, rollout), rollout the host arrays of the mixed group for inspection.  key is
+    this step's key (the caller folds in the step)."""
+    cfg, clock, S = ctx.cfg, StageClock(), guided_slots(ctx.cfg)
     k_sample, k_guided = jax.random.split(key)
-
-    # 1. G unguided samples per prompt.
-    out = ctx.sampler(state.params, prompt_ids, prompt_mask, k_sample)
-    tokens, gen_mask = np.array(to_host(out.tokens)), np.array(to_host(out.mask))  # writable
-    forced_mask = np.zeros_like(gen_mask)
-    t1 = time.perf_counter()
-
-    # 2. Parse and score; group accuracy of the unguided rollouts.
-    gold = (
-        np.repeat(pool.gold_label[batch_idx], G),
-        np.repeat(pool.gold_verdicts[batch_idx], G, axis=0),
-        np.repeat(pool.has_verdicts[batch_idx], G),
-    )
-    parsed = _parse(ctx, tokens, gen_mask)
-    reward, comps, adv, stats = ctx.score(*parsed, *gold)
-    acc_unguided = np.asarray(stats["acc"])
-    zero_var_unguided = np.asarray(stats["zero_var"])
-    t2 = time.perf_counter()
-
-    # 3. AGR: replace the lowest-reward rollouts of failing groups by guided ones.
-    guided = np.zeros((B, G), bool)
-    levels = replay.level[batch_idx]
-    t_guided = 0.0
-    if ctx.guided_sampler is not None:
-        S = cfg.guidance.slots_per_batch
-        guided = np.asarray(
-            select_guided_slots(
-                jnp.asarray(acc_unguided), reward.reshape(B, G), cfg.guidance.tau, G, S
-            )
+    gold, levels = ctx.pool.gold(batch_idx), replay.level[batch_idx]
+    with clock("sample"):
+        prompt_ids, prompt_mask = _prompts(ctx, batch_idx)
+        tokens, mask, forced_mask = _sample(
+            ctx.sampler, state.params, prompt_ids, prompt_mask, k_sample
         )
-        if guided.any():
-            tg = time.perf_counter()
-            forced_ids, forced_len = build_forced_prefixes(
-                jnp.asarray(pool.gold_ids[batch_idx]),
-                jnp.asarray(pool.gold_len[batch_idx]),
-                jnp.asarray(levels),
-                cfg.guidance.max_level,
-                G,
-                jnp.asarray(guided),
-                ctx.pad_id,
-            )
-            rows = np.flatnonzero(guided.reshape(-1))  # <= S rows, in row order
-            take = np.concatenate([rows, np.full(S - rows.size, rows[0])])  # static S rows
-            g_out = ctx.guided_sampler(
-                state.params,
-                prompt_ids[take // G],
-                prompt_mask[take // G],
-                k_guided,
-                np.asarray(forced_ids)[take],
-                np.where(np.arange(S) < rows.size, np.asarray(forced_len)[take], 0),
-            )
-            n = rows.size
-            tokens[rows] = to_host(g_out.tokens)[:n]
-            gen_mask[rows] = to_host(g_out.mask)[:n]
-            forced_mask[rows] = to_host(g_out.forced_mask)[:n]
-            t_guided = time.perf_counter() - tg
-            parsed = _parse(ctx, tokens, gen_mask)
-            reward, comps, adv, stats = ctx.score(*parsed, *gold)
-    t3 = time.perf_counter()
-
-    triggered = acc_unguided <= cfg.guidance.tau
+    with clock("parse_reward"):
+        parsed = _parse(ctx, tokens, mask)
+        scores = unguided = jax.device_get(ctx.score(parsed, gold, levels, slots=S))
+    if unguided.guided.any():  # AGR: the chosen rows are re-rolled from a forced prefix
+        with clock("sample"):
+            _guided_reroll(ctx, state.params, prompt_ids, prompt_mask, unguided, k_guided,
+                           out=(tokens, mask, forced_mask))  # fmt: skip
+        with clock("parse_reward"):
+            parsed = _parse(ctx, tokens, mask)
+            scores = jax.device_get(ctx.score(parsed, gold, levels, slots=0))
+    rollout = _rollout(batch_idx, tokens, mask, forced_mask, levels, unguided, scores)
     if cfg.guidance.enabled:
         replay = update_replay(
-            replay, batch_idx, acc_unguided, triggered, step, cfg.guidance,
-            guided=guided.any(axis=1),
+            replay, batch_idx, unguided.acc, unguided.triggered, step, cfg.guidance,
+            guided=unguided.guided.any(axis=1),
         )  # fmt: skip
-
-    # 4. Advantages of the mixed group; difficulty-filtered groups get no tokens.
-    keep = np.repeat(np.asarray(stats["keep"]), G)
-    loss_mask = gen_mask & keep[:, None]
-    batch = {
-        "prompt_ids": np.repeat(prompt_ids, G, axis=0),
-        "prompt_mask": np.repeat(prompt_mask, G, axis=0),
-        "completion_ids": tokens,
-        "completion_mask": loss_mask,
-        "forced_mask": forced_mask & loss_mask,
-        "advantages": np.asarray(adv).reshape(N),
-    }
-    # Under a mesh each process places only its own rows of the global batch.
-    place = jnp.asarray if ctx.mesh is None else (lambda v: put_rows(v, ctx.mesh))
-    batch = {k: place(v) for k, v in batch.items()}
-    lp_args = tuple(batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids"))
-    batch["ref_logps"] = ctx.logps_fn(ref_params, *lp_args, batch["completion_mask"])
-    if cfg.loss.mu > 1:
-        batch["old_logps"] = ctx.logps_fn(state.params, *lp_args, batch["completion_mask"])
-    jax.block_until_ready(batch["ref_logps"])
-    t4 = time.perf_counter()
-
-    # 5. mu updates on the same batch.
-    sums: dict[str, float] = {}
-    for _ in range(cfg.loss.mu):
-        state, m = ctx.rl_step(state, batch)
-        if ctx.state_shardings is not None:
-            # The step has no out_shardings: XLA may lay small leaves (norms) out otherwise;
-            # put them back on the table so the next call neither recompiles nor drifts.
-            state = jax.device_put(state, ctx.state_shardings)
-        m = jax.device_get(m)
-        for k, v in m.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-    t5 = time.perf_counter()
-
-    metrics = _metrics(
-        cfg, sums, np.asarray(reward), np.asarray(comps), acc_unguided, zero_var_unguided,
-        np.asarray(stats["zero_var"]), guided, levels, gen_mask, forced_mask, triggered,
-    )  # fmt: skip
-    n_tok = float(gen_mask.sum())
-    metrics.update(
-        time_sample=t1 - t0 + t_guided,
-        time_parse_reward=(t2 - t1) + (t3 - t2 - t_guided),
-        time_ref_logps=t4 - t3,
-        time_update=t5 - t4,
-        time_iteration=t5 - t0,
-        sample_tokens_per_s=n_tok / max(t1 - t0 + t_guided, 1e-9),
-        train_tokens_per_s=n_tok * cfg.loss.mu / max(t5 - t4, 1e-9),
-    )
-    rollout = {
-        "prompt_idx": batch_idx,
-        "tokens": tokens,
-        "mask": gen_mask,
-        "forced_mask": forced_mask,
-        "reward": np.asarray(reward),
-        "components": np.asarray(comps),
-        "advantages": np.asarray(adv).reshape(N),
-        "guided": guided.reshape(N),
-        "levels": levels,
-        "acc_unguided": acc_unguided,
-    }
+    with clock("ref_logps"):
+        batch = jax.block_until_ready(
+            _rl_batch(ctx, state.params, ref_params, prompt_ids, prompt_mask, rollout)
+        )
+    with clock("update"):
+        updates = []
+        for _ in range(cfg.loss.mu):  # mu updates on the same batch
+            state, m = ctx.rl_step(state, batch)
+            updates.append(m)
+        updates = jax.device_get(updates)
+    metrics = rl_metrics(rollout, updates, guidance_enabled=cfg.guidance.enabled)
+    metrics.update(clock.metrics(float(mask.sum()), cfg.loss.mu))
     return state, replay, metrics, rollout
 
 
-def _metrics(
-    cfg, sums, reward, comps, acc_unguided, zero_var_unguided, zero_var_mixed, guided, levels,
-    gen_mask, forced_mask, triggered,
-) -> dict[str, float]:  # fmt: skip
-    mu = cfg.loss.mu
-    col = {name: comps[:, i] for i, name in enumerate(COMPONENTS)}
-    g = guided.reshape(-1)
-    m = {f"reward/{k}": float(v.mean()) for k, v in col.items()}
-    m.update(
-        reward=float(reward.mean()),
-        accuracy=float(acc_unguided.mean()),
-        zero_variance_frac=float(zero_var_unguided.mean()),
-        zero_variance_frac_mixed=float(zero_var_mixed.mean()),
-        agr_trigger_rate=float(triggered.mean()) if cfg.guidance.enabled else 0.0,
-        guided_frac=float(g.mean()),
-        guidance_level_mean=float(levels[guided.any(axis=1)].mean()) if g.any() else 0.0,
-        reward_guided=float(reward[g].mean()) if g.any() else float("nan"),
-        reward_unguided=float(reward[~g].mean()),
-        response_length=float(gen_mask.sum(-1).mean()),
-        forced_tokens=float(forced_mask.sum()),
-        loss=sums.pop("loss") / mu,
-        grad_norm=sums.pop("grad_norm") / mu,
-        skipped=sums.pop("skipped"),
+class StageClock:
+    """Wall seconds per stage of one iteration (a stage may be entered several times)."""
+
+    def __init__(self):
+        self.start, self.seconds = time.perf_counter(), defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.perf_counter()
+        yield
+        self.seconds[stage] += time.perf_counter() - t
+
+    def metrics(self, sampled_tokens: float, mu: int) -> dict[str, float]:
+        s = self.seconds
+        return {
+            **{f"time_{k}": s[k] for k in ("sample", "parse_reward", "ref_logps", "update")},
+            "time_iteration": time.perf_counter() - self.start,
+            "sample_tokens_per_s": sampled_tokens / max(s["sample"], 1e-9),
+            "train_tokens_per_s": sampled_tokens * mu / max(s["update"], 1e-9),
+        }
+
+
+def _prompts(ctx: RLContext, batch_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts [B, P] at the sampler's length bucket, so that sampling, log-probs
+    and the update all see one shape per bucket and compile once (not once per longest
+    prompt)."""
+    seqs = [ctx.pool.prompt_ids[i] for i in batch_idx]
+    return pad_left(seqs, ctx.sampler.bucket(max(len(x) for x in seqs)), ctx.pad_id)
+
+
+def _sample(sampler, params, prompt_ids, prompt_mask, key, *forced):
+    """Host (writable) tokens, generated mask and forced mask [rows, T] of one sampler call."""
+    out = sampler(params, prompt_ids, prompt_mask, key, *forced)
+    forced_mask = out.forced_mask if forced else np.zeros(out.mask.shape, bool)
+    return tuple(np.array(to_host(x)) for x in (out.tokens, out.mask, forced_mask))
+
+
+def _parse(ctx: RLContext, tokens: np.ndarray, mask: np.ndarray) -> Parsed:
+    return parsed_to_arrays(
+        decode_completions(ctx.tokenizer, tokens, mask), ctx.cfg.train.response_order
     )
-    # The loss aux holds sums and counts (summed over the mu updates): turn them into means.
-    n_tok, n_seq = max(sums.get("n_tokens", 0.0), 1.0), max(sums.get("n_seqs", 0.0), 1.0)
-    for name, key in (("kl", "kl_sum"), ("entropy", "entropy_sum"), ("ratio_mean", "ratio_sum")):
-        if key in sums:
-            m[name] = sums[key] / n_tok
-    clipped = sums.get("clip_low_sum", 0.0) + sums.get("clip_high_sum", 0.0)
-    m["clip_frac"] = clipped / n_tok  # tokens whose ratio left [1-eps_low, 1+eps_high]
-    m["clip_low_frac"] = sums.get("clip_low_sum", 0.0) / n_tok
-    m["clip_high_frac"] = sums.get("clip_high_sum", 0.0) / n_tok
-    adv_mean = sums.get("adv_sum", 0.0) / n_seq
-    m["adv_mean"] = adv_mean
-    m["adv_std"] = max(sums.get("adv_sq_sum", 0.0) / n_seq - adv_mean**2, 0.0) ** 0.5
-    m["guided_active_tokens"] = sums.get("guided_active_tokens", 0.0) / mu
-    return m
 
 
-__all__ = [
-    "BatchSampler",
-    "PromptPool",
-    "RLContext",
-    "make_rl_context",
-    "rl_iteration",
-]
+def _guided_reroll(ctx, params, prompt_ids, prompt_mask, scores: Scores, key, out) -> None:
+    """Re-roll the guided rows of scores.guided [B, G] from their forced prefixes and write
+    them into out = (tokens, mask, forced_mask) [N, T].  The sampler always gets S =
+    slots_per_batch rows (static shape): the guided rows in row order, then copies of the
+    first with an empty prefix, discarded."""
+    G, S = ctx.cfg.sampling.group_size, guided_slots(ctx.cfg)
+    rows = np.flatnonzero(scores.guided.reshape(-1))  # <= S rows, in row order
+    take = np.concatenate([rows, np.full(S - rows.size, rows[0])])
+    forced_len = np.where(np.arange(S) < rows.size, scores.forced_len[take], 0)
+    new = _sample(ctx.guided_sampler, params, prompt_ids[take // G], prompt_mask[take // G],
+                  key, scores.forced_ids[take], forced_len)  # fmt: skip
+    for dst, src in zip(out, new, strict=True):
+        dst[rows] = src[: rows.size]
+
+
+def _rollout(batch_idx, tokens, mask, forced_mask, levels, unguided: Scores, mixed: Scores):
+    return Rollout(
+        prompt_idx=batch_idx,
+        tokens=tokens,
+        mask=mask,
+        forced_mask=forced_mask,
+        reward=mixed.reward,
+        components=mixed.components,
+        advantages=mixed.advantages,
+        guided=unguided.guided.reshape(-1),
+        levels=levels,
+        acc_unguided=unguided.acc,
+        triggered=unguided.triggered,
+        zero_var_unguided=unguided.zero_var,
+        zero_var=mixed.zero_var,
+        keep=mixed.keep,
+    )
+
+
+def _rl_batch(ctx, params, ref_params, prompt_ids, prompt_mask, ro: Rollout) -> RLBatch:
+    """The update's input on the devices, with reference (and for mu > 1 old) log-probs.
+    Difficulty-filtered groups keep their rows with no loss tokens."""
+    G = ctx.cfg.sampling.group_size
+    loss_mask = ro.mask & np.repeat(ro.keep, G)[:, None]
+    host = dict(
+        prompt_ids=np.repeat(prompt_ids, G, axis=0),
+        prompt_mask=np.repeat(prompt_mask, G, axis=0),
+        completion_ids=ro.tokens,
+        completion_mask=loss_mask,
+        forced_mask=ro.forced_mask & loss_mask,
+        advantages=ro.advantages,
+    )
+    # Under a mesh each process places only its own rows of the global batch.
+    x = {k: jnp.asarray(v) if ctx.mesh is None else put_rows(v, ctx.mesh) for k, v in host.items()}
+    lp_args = (x["prompt_ids"], x["prompt_mask"], x["completion_ids"], x["completion_mask"])
+    ref = ctx.logps_fn(ref_params, *lp_args)
+    old = ctx.logps_fn(params, *lp_args) if ctx.cfg.loss.mu > 1 else None
+    return RLBatch(**x, ref_logps=ref, old_logps=old)
 
 
 def build_pool(records: list[dict], tok, order: str) -> PromptPool:
@@ -398,3 +344,14 @@ def build_pool(records: list[dict], tok, order: str) -> PromptPool:
         gold_len=gold_mask.sum(-1).astype(np.int32),
         query_type=tuple(r.get("query_type", "") for r in records),
     )
+
+
+__all__ = [
+    "BatchSampler",
+    "PromptPool",
+    "RLContext",
+    "build_pool",
+    "guided_slots",
+    "make_rl_context",
+    "rl_iteration",
+]

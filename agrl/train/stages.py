@@ -6,8 +6,9 @@ metrics.jsonl + tb/ (TensorBoard), and at the end model/ (a Hugging Face directo
 tokenizer) and eval.json. `resume=True` continues from the last complete checkpoint; the
 resumed run equals the uninterrupted one bit for bit on CPU (tested).
 
-The outer Python loop lives here and only composes jitted steps (agrl.train_step) and the
-host RL iteration (agrl.rollout).
+The outer Python loop lives here and only composes jitted steps (agrl.train.steps) and, for
+RL, the run built by agrl.train.rl_run.prepare_rl (its `step` is one agrl.train.rollout
+iteration).
 """
 
 from __future__ import annotations
@@ -24,11 +25,7 @@ from tqdm.auto import tqdm
 from agrl.config import Config
 from agrl.eval.policy_eval import evaluate_policy, sample_correct
 from agrl.model import load_pretrained
-from agrl.model.params import place_params
-from agrl.parallel.distributed import is_main_process, load_on_host, local_copy, tree_to_host
-from agrl.parallel.sharding import make_mesh
-from agrl.rl.guidance import from_state_dict, init_replay, to_state_dict
-from agrl.rl.rewards import fallback_message
+from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
 from agrl.sampling import make_sampler
 from agrl.task.data import (
     encode_prompts,
@@ -51,9 +48,11 @@ from agrl.train.loop import (
     resolve_paths,
 )
 from agrl.train.metrics_log import MetricsLogger
-from agrl.train.rollout import BatchSampler, build_pool, make_rl_context, rl_iteration
+from agrl.train.rl_run import prepare_rl
+from agrl.train.rollout import (
+    BatchSampler,
+)
 from agrl.train.steps import (
-    init_sharded_train_state,
     init_train_state,
     make_dpo_step,
     make_optimizer,
@@ -267,53 +266,14 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
 
 def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """RL from paths.init with the reference paths.ref (default: the start policy)."""
-    cfg = resolve_paths(cfg, "rl")
-    out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
-    order = cfg.train.response_order
-    records = load_records(cfg.paths.train_data)
-    if cfg.guidance.enabled and any("gold_response" not in r for r in records):
-        raise RunError(
-            f"{cfg.paths.train_data}: guided replay (AGR) needs `gold_response` on every "
-            "record; disable it with guidance.enabled=false"
-        )
-    pool = build_pool(records, tok, order)
-    longest = max(len(p) for p in pool.prompt_ids)
-    if longest > cfg.sampling.prompt_buckets[-1]:
-        raise RunError(
-            f"{cfg.paths.train_data}: a prompt has {longest} tokens, more than the largest "
-            f"bucket sampling.prompt_buckets={cfg.sampling.prompt_buckets}; add a larger bucket"
-        )
-    message = fallback_message(pool.has_verdicts)
-    if message:
-        tqdm.write(message)
-    key = jax.random.key(cfg.train.seed)
-    with load_on_host():  # read on the host CPU; each device then receives only its shards
-        params, cfg = load_policy(cfg, key)
-        ref_params = (
-            params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
-        )
-    check_vocab(cfg, tok)
-    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
-    mesh = make_mesh(cfg.mesh)  # policy, reference, optimizer state and batches follow it
-    ref_params = place_params(ref_params, cfg.model, mesh)  # fresh buffers: never donated
-    ctx = make_rl_context(cfg, pool, tok, optimizer, eos_ids(tok), mesh=mesh)
+    rl = prepare_rl(resolve_paths(cfg, "rl"))
+    cfg, out, tok = rl.cfg, Path(rl.cfg.paths.out), rl.ctx.tokenizer
     run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
-    batches = BatchSampler(len(pool), cfg.train.seed)
-    replay = init_replay(len(pool))
-    params = place_params(params, cfg.model, mesh)
-    arrays = {
-        "train": init_sharded_train_state(params, cfg.model, optimizer, mesh),
-        "key": key_data(key),
-        "replay": to_state_dict(replay),
-    }
-    arrays, host = run.restore(arrays, resume)
+    arrays, host = run.restore(rl.arrays(), resume)
     step0 = 0 if host is None else int(host["step"])
     evals: list[dict] = [] if host is None else list(host["evals"])
     if host is not None:
-        batches.load_state_dict(host["batches"])
-        replay = from_state_dict(arrays["replay"])
-    state = arrays["train"]
-    base_key = jax.random.wrap_key_data(arrays["key"])
+        rl.load(arrays, host)
     evals_on = eval_records(cfg)
     logger = MetricsLogger(
         out, resume_step=step0 if host is not None else None, enabled=is_main_process()
@@ -332,33 +292,19 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
         return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
 
     def body(step):
-        nonlocal state, replay
         t = time.perf_counter()
-        ev = maybe_eval(step, state.params)
-        idx, n_replayed = batches.next(
-            cfg.train.prompts_per_step,
-            replay if cfg.guidance.enabled else None,
-            cfg.guidance.p_replay,
-            cfg.guidance.tau,
-        )
-        state, replay, m, _ = rl_iteration(
-            ctx, state, ref_params, replay, idx, jax.random.fold_in(base_key, step), step
-        )
-        m.update(
-            ev, replayed=float(n_replayed), time_eval=time.perf_counter() - t - m["time_iteration"]
-        )
+        ev = maybe_eval(step, rl.state.params)
+        m, _ = rl.step(step)
+        m.update(ev, time_eval=time.perf_counter() - t - m["time_iteration"])
         return m
 
     def save(step):
-        run.ckpt.save(
-            step,
-            {"train": state, "key": arrays["key"], "replay": to_state_dict(replay)},
-            {"step": step, "batches": batches.state_dict(), "evals": evals},
-        )
+        host = {"step": step, "batches": rl.batches.state_dict(), "evals": evals}
+        run.ckpt.save(step, rl.arrays(), host)
 
     run.loop(step0, stop_after, body, save, logger)
     logger.close()
-    summary = finish_run(run, state.params, cfg, tok, stop_after, step0)
+    summary = finish_run(run, rl.state.params, cfg, tok, stop_after, step0)
     if summary["complete"] and summary.get("eval"):
         evals.append({"step": cfg.train.steps, "macro_f1": summary["eval"]["macro_f1"],
                       "accuracy": summary["eval"]["accuracy"]})  # fmt: skip

@@ -4,6 +4,13 @@ Each `make_*` does the Python-level decisions once (configs are static) and retu
 function of (train state, [reference params], batch) -> (new state, metrics). The train
 state is donated; policy and reference params are arguments, never closed over.
 
+With a `mesh`, the factories jit with explicit shardings at the boundary: the train state
+in and out by the rules table (`train_state_shardings`), reference params by
+`model_param_shardings`, every batch field split on its rows over the data-parallel axes,
+metrics replicated. So an update returns its state already laid out for the next one (the
+loop never re-places it), and the mesh reaches `completion_logps`, whose residual-stream
+constraints then partition the activations. Without a mesh: plain jit on one device.
+
 A non-finite loss or gradient skips the update (params and optimizer state are kept) and
 is reported in the metrics as `skipped` = 1; the outer loop counts consecutive skips.
 Metrics are returned as jax scalars (sums and counts from the loss aux); reduction to
@@ -23,8 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from agrl.config import GuidanceConfig, LossConfig, ModelConfig, OptimConfig
 from agrl.model import completion_logps
 from agrl.model.params import abstract_params, model_param_shardings
-from agrl.parallel.sharding import replicated
+from agrl.parallel.sharding import batch_sharding, replicated
 from agrl.rl.loss import dpo_loss, policy_loss, sft_loss
+from agrl.rl.types import RLBatch
 
 Batch = dict[str, jax.Array]
 
@@ -87,9 +95,33 @@ def apply_gradients(
     return new_state, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
 
 
-def make_logps_fn(model_cfg: ModelConfig, temperature: float = 1.0) -> Callable:
+def _jit_step(
+    step: Callable,
+    model_cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh | None,
+    with_params: bool = False,
+) -> Callable:
+    """jit(step) donating the state; with a mesh, shardings at the boundary (module doc):
+    step(state, [params], batch) -> (state, metrics)."""
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    state_sh = train_state_shardings(model_cfg, optimizer, mesh)
+    params_sh = (model_param_shardings(model_cfg, mesh),) if with_params else ()
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, *params_sh, batch_sharding(mesh, 1)),
+        out_shardings=(state_sh, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_logps_fn(
+    model_cfg: ModelConfig, temperature: float = 1.0, mesh: Mesh | None = None
+) -> Callable:
     """jit(params, prompt_ids [N,P], prompt_mask, completion_ids [N,T], completion_mask)
-    -> logps [N,T] (no gradient: for old and reference log-probs)."""
+    -> logps [N,T] (no gradient: for old and reference log-probs).  With a mesh: params by
+    the rules table, the four inputs and logps split on rows N."""
 
     def logps_fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
         return completion_logps(
@@ -100,12 +132,22 @@ def make_logps_fn(model_cfg: ModelConfig, temperature: float = 1.0) -> Callable:
             completion_ids,
             completion_mask,
             temperature=temperature,
+            mesh=mesh,
         )
 
-    return jax.jit(logps_fn)
+    if mesh is None:
+        return jax.jit(logps_fn)
+    rows = batch_sharding(mesh, 1)
+    return jax.jit(
+        logps_fn,
+        in_shardings=(model_param_shardings(model_cfg, mesh), rows, rows, rows, rows),
+        out_shardings=rows,
+    )
 
 
-def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformation) -> Callable:
+def make_sft_step(
+    model_cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh | None = None
+) -> Callable:
     """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
     completion_ids/completion_mask [B,T] right-padded (the target response)."""
 
@@ -118,6 +160,7 @@ def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
                 batch["prompt_mask"],
                 batch["completion_ids"],
                 batch["completion_mask"],
+                mesh=mesh,
             )
             return sft_loss(logps, batch["completion_mask"])
 
@@ -125,11 +168,14 @@ def make_sft_step(model_cfg: ModelConfig, optimizer: optax.GradientTransformatio
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
-    return jax.jit(step, donate_argnums=0)
+    return _jit_step(step, model_cfg, optimizer, mesh)
 
 
 def make_dpo_step(
-    model_cfg: ModelConfig, loss_cfg: LossConfig, optimizer: optax.GradientTransformation
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """jit(state, ref_params, batch) -> (state, metrics).
 
@@ -142,7 +188,8 @@ def make_dpo_step(
         prompt_mask = jnp.concatenate([batch["prompt_mask"]] * 2, axis=0)
         ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
         mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
-        lp = completion_logps(params, model_cfg, prompt_ids, prompt_mask, ids, mask).sum(-1)
+        lp = completion_logps(params, model_cfg, prompt_ids, prompt_mask, ids, mask, mesh=mesh)
+        lp = lp.sum(-1)
         B = batch["prompt_ids"].shape[0]
         return lp[:B], lp[B:]
 
@@ -157,7 +204,7 @@ def make_dpo_step(
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
-    return jax.jit(step, donate_argnums=0)
+    return _jit_step(step, model_cfg, optimizer, mesh, with_params=True)
 
 
 def make_rl_step(
@@ -166,37 +213,38 @@ def make_rl_step(
     guidance_cfg: GuidanceConfig,
     optimizer: optax.GradientTransformation,
     temperature: float = 1.0,
+    mesh: Mesh | None = None,
 ) -> Callable:
-    """jit(state, batch) -> (state, metrics): one GRPO update on a rollout batch (SPEC 6).
+    """jit(state, batch: RLBatch) -> (state, metrics): one GRPO update (SPEC 6).
 
-    batch: prompt_ids/prompt_mask [N,P] (each prompt repeated per sample), completion_ids,
-    completion_mask, forced_mask [N,T], ref_logps [N,T], advantages [N], and old_logps [N,T]
-    when loss.mu > 1.  With mu = 1 the behaviour policy is the current one, so
-    old_logps = stop_gradient(logps) and no extra forward pass is spent on it.
+    batch.old_logps is required when loss.mu > 1. With mu = 1 the behaviour policy is the
+    current one, so old_logps = stop_gradient(logps) and no extra forward pass is spent.
+    metrics: loss, grad_norm, skipped and the loss aux (sums and counts).
     """
     mode = guidance_cfg.loss_mode if guidance_cfg.enabled else "include"
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: RLBatch):
         def loss_fn(params):
             out = completion_logps(
                 params,
                 model_cfg,
-                batch["prompt_ids"],
-                batch["prompt_mask"],
-                batch["completion_ids"],
-                batch["completion_mask"],
+                batch.prompt_ids,
+                batch.prompt_mask,
+                batch.completion_ids,
+                batch.completion_mask,
                 temperature=temperature,
                 return_entropy=loss_cfg.entropy,
+                mesh=mesh,
             )
             logps, entropy = out if loss_cfg.entropy else (out, None)
-            old = jax.lax.stop_gradient(logps) if loss_cfg.mu == 1 else batch["old_logps"]
+            old = jax.lax.stop_gradient(logps) if loss_cfg.mu == 1 else batch.old_logps
             return policy_loss(
                 logps,
                 old,
-                batch["ref_logps"],
-                batch["advantages"],
-                batch["completion_mask"],
-                batch["forced_mask"],
+                batch.ref_logps,
+                batch.advantages,
+                batch.completion_mask,
+                batch.forced_mask,
                 loss_cfg,
                 mode,
                 guidance_cfg.offpolicy_gamma,
@@ -207,7 +255,7 @@ def make_rl_step(
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
-    return jax.jit(step, donate_argnums=0)
+    return _jit_step(step, model_cfg, optimizer, mesh)
 
 
 def train_state_shardings(

@@ -197,12 +197,12 @@ def single_device(setup):
 @pytest.mark.parametrize("shape", MESHES)
 def test_rl_iteration_sharded_equals_single_device(setup, single_device, shape):
     state0, m0, r0 = single_device
-    assert r0["guided"].any() and abs(m0["loss"]) > 1e-5 and m0["kl"] > 0  # not a no-op
+    assert r0.guided.any() and abs(m0["loss"]) > 1e-5 and m0["kl"] > 0  # not a no-op
     assert _max_diff(state0.params, setup["params"]) > 1e-4  # two Adam steps of lr 1e-4
     mesh = _mesh(shape)
     state, m, r = _iteration(setup, mesh)
-    np.testing.assert_array_equal(r["tokens"], r0["tokens"])  # same samples for the same key
-    np.testing.assert_array_equal(r["guided"], r0["guided"])
+    np.testing.assert_array_equal(r.tokens, r0.tokens)  # same samples for the same key
+    np.testing.assert_array_equal(r.guided, r0.guided)
     assert abs(m["loss"] - m0["loss"]) <= 1e-5
     assert abs(m["grad_norm"] - m0["grad_norm"]) <= 1e-5 * max(1.0, m0["grad_norm"])
     assert _max_diff(state.params, state0.params) <= 1e-5

@@ -7,6 +7,7 @@ import pytest
 
 from agrl.config import GuidanceConfig, LossConfig, ModelConfig, OptimConfig
 from agrl.model import init_params
+from agrl.rl.types import RLBatch
 from agrl.train.steps import (
     init_train_state,
     learning_rate_schedule,
@@ -102,12 +103,12 @@ def _rl_batch(state, advantages):
         state.params, b["prompt_ids"], b["prompt_mask"], b["completion_ids"],
         b["completion_mask"],
     )  # fmt: skip
-    return dict(
+    return RLBatch(
         **b,
         forced_mask=jnp.zeros_like(b["completion_mask"]),
+        advantages=jnp.asarray(advantages, jnp.float32),
         ref_logps=logps,
         old_logps=logps,
-        advantages=jnp.asarray(advantages, jnp.float32),
     )
 
 
@@ -132,11 +133,54 @@ def test_rl_step_raises_logp_of_positive_advantage_rows(mu):
     batch = _rl_batch(state, adv)
     logps_fn = make_logps_fn(CFG)
     args = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-    before = np.asarray(logps_fn(state.params, *(batch[k] for k in args))).sum(-1)
+    before = np.asarray(logps_fn(state.params, *(getattr(batch, k) for k in args))).sum(-1)
     step = make_rl_step(CFG, LossConfig(mu=mu, kl_beta=0.0), GuidanceConfig(), opt)
     for _ in range(mu):
         state, m = step(state, batch)
         assert np.isfinite(float(m["loss"]))
-    after = np.asarray(logps_fn(state.params, *(batch[k] for k in args))).sum(-1)
+    after = np.asarray(logps_fn(state.params, *(getattr(batch, k) for k in args))).sum(-1)
     delta = after - before
     assert delta[0] > 0 and delta[1] < 0, delta
+
+
+def test_sharded_rl_step_constrains_activations_and_returns_the_table_layout():
+    """With a mesh, the RL step is jitted with the rules table's shardings at the boundary:
+    its lowered program carries the residual-stream sharding constraints (the mesh reaches
+    completion_logps) and the updated state comes back laid out by train_state_shardings,
+    update after update, with no device_put; the numbers equal the single-device step."""
+    from agrl.config import MeshConfig
+    from agrl.model.params import place_params
+    from agrl.parallel.distributed import put_rows
+    from agrl.parallel.sharding import make_mesh
+    from agrl.train.steps import init_sharded_train_state, train_state_shardings
+
+    mesh = make_mesh(MeshConfig(2, 4, 1))  # batch rows over data * fsdp = 8, weights over fsdp
+    state, opt = _state()
+    host = jax.tree.map(lambda x: np.array(x, copy=True), state.params)  # state is donated
+    single = _rl_batch(state, [1.0, -1.0, 0.5, -0.5])
+    batch = RLBatch(*(None if x is None else jnp.concatenate([x, x]) for x in single))  # N = 8
+    step = make_rl_step(CFG, LossConfig(mu=2), GuidanceConfig(), opt, mesh=mesh)
+    sharded = init_sharded_train_state(place_params(host, CFG, mesh), CFG, opt, mesh)
+    placed = RLBatch(*(put_rows(np.asarray(x), mesh) for x in batch))
+
+    # Shardy lowers with_sharding_constraint to `sdy.sharding_constraint`, GSPMD to a
+    # `@Sharding` custom call; either way on the residual stream [N, S, D], rows over
+    # (data, fsdp): after the embedding and after each layer, forward and backward.
+    is_constraint = lambda line: "sharding_constraint" in line or "@Sharding" in line
+    hlo = step.lower(sharded, placed).as_text().splitlines()
+    constraints = [line for line in hlo if is_constraint(line)]
+    assert len(constraints) >= 2, "no sharding constraint in the lowered step"
+    assert all('{"data", "fsdp"}' in c or "devices=[" in c for c in constraints), constraints
+    plain = make_rl_step(CFG, LossConfig(mu=2), GuidanceConfig(), opt).lower(state, batch)
+    assert not any(map(is_constraint, plain.as_text().splitlines()))  # no mesh: none
+
+    table = jax.tree.leaves(train_state_shardings(CFG, opt, mesh))
+    reference = make_rl_step(CFG, LossConfig(mu=2), GuidanceConfig(), opt)
+    for _ in range(2):
+        sharded, m = step(sharded, placed)
+        assert [x.sharding for x in jax.tree.leaves(sharded)] == table
+        state, m0 = reference(state, batch)
+        assert abs(float(m["loss"]) - float(m0["loss"])) <= 1e-5
+    diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                         sharded.params, state.params)  # fmt: skip
+    assert max(jax.tree.leaves(diffs)) <= 1e-5
