@@ -15,6 +15,13 @@ from agrl.config.base import ConfigError, check
 from agrl.config.presets import method_preset
 from agrl.config.schema import Config
 
+# Fields that moved to the section that consumes them: old name -> new name.
+MOVED: dict[str, str] = {
+    "guidance.loss_mode": "loss.forced_tokens",
+    "guidance.offpolicy_gamma": "loss.offpolicy_gamma",
+    "loss.difficulty_filter": "advantage.difficulty_filter",
+}
+
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     """Turn a TOML value or an override string into the field's declared type."""
@@ -59,6 +66,8 @@ def build_section(cls: type, data: dict[str, Any], prefix: str) -> Any:
     known = {f.name for f in fields(cls)}
     for key, value in data.items():
         name = f"{prefix}{key}"
+        if name in MOVED:
+            raise ConfigError(f"{name}: moved to {MOVED[name]} (the section that uses it)")
         if key not in known:
             raise ConfigError(f"{name}: unknown field (known: {sorted(known)})")
         hint = hints[key]

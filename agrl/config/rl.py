@@ -65,12 +65,19 @@ class AdvantageConfig:
     ddof: int = 1
     eps: float = 1e-6
     clip: float | None = 2.0
+    difficulty_filter: float | None = None  # drop groups with accuracy >= this (e.g. 0.9)
 
     def __post_init__(self):
         check(bool(self.estimator), "advantage.estimator", self.estimator, "must be non-empty")
         check(self.ddof in (0, 1), "advantage.ddof", self.ddof, "must be 0 or 1")
         check(self.eps >= 0, "advantage.eps", self.eps, "must be >= 0")
         check(self.clip is None or self.clip > 0, "advantage.clip", self.clip, "must be > 0")
+        check(
+            self.difficulty_filter is None or 0 < self.difficulty_filter <= 1,
+            "advantage.difficulty_filter",
+            self.difficulty_filter,
+            "must be in (0, 1] or None",
+        )
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,6 @@ class GuidanceConfig:
     level_up_streak: int = 2  # failures in a row before the level rises
     ema_decay: float = 0.7  # EMA of unguided accuracy per prompt
     p_replay: float = 0.25  # chance an unsolved hard prompt re-enters a batch
-    loss_mode: Literal["include", "mask", "mask_if_negative", "offpolicy"] = "mask_if_negative"
-    offpolicy_gamma: float = 0.1  # LUFFY weight p / (p + gamma)
 
     def __post_init__(self):
         check(0.0 <= self.tau <= 1.0, "guidance.tau", self.tau, "must be in [0, 1]")
@@ -106,12 +111,6 @@ class GuidanceConfig:
             0.0 <= self.ema_decay < 1.0, "guidance.ema_decay", self.ema_decay, "must be in [0, 1)"
         )
         check(0.0 <= self.p_replay <= 1.0, "guidance.p_replay", self.p_replay, "must be in [0, 1]")
-        check(
-            self.offpolicy_gamma > 0,
-            "guidance.offpolicy_gamma",
-            self.offpolicy_gamma,
-            "must be > 0",
-        )
         if self.enabled and self.slots_per_batch == 0:
             warnings.warn(
                 "guidance.enabled=True with slots_per_batch=0: AGR does nothing", stacklevel=2
@@ -138,7 +137,9 @@ class LossConfig:
     ] = "seq-mean-token-mean"
     constant_norm: int | None = None  # divisor for constant-normalised; None: padded length T
     mu: int = 1  # updates per batch
-    difficulty_filter: float | None = None  # drop groups with accuracy >= this (e.g. 0.9)
+    # How the forced tokens of guided rollouts count (SPEC 5; agrl.rl.guidance).
+    forced_tokens: Literal["include", "mask", "mask_if_negative", "offpolicy"] = "mask_if_negative"
+    offpolicy_gamma: float = 0.1  # LUFFY weight p / (p + gamma) of forced_tokens=offpolicy
     entropy: bool = False  # compute the policy entropy for metrics
     dpo_beta: float = 0.1
 
@@ -172,12 +173,7 @@ class LossConfig:
             "must be >= 1 or None",
         )
         check(self.mu >= 1, "loss.mu", self.mu, "must be >= 1")
-        check(
-            self.difficulty_filter is None or 0 < self.difficulty_filter <= 1,
-            "loss.difficulty_filter",
-            self.difficulty_filter,
-            "must be in (0, 1] or None",
-        )
+        check(self.offpolicy_gamma > 0, "loss.offpolicy_gamma", self.offpolicy_gamma, "must be > 0")
         check(self.dpo_beta > 0, "loss.dpo_beta", self.dpo_beta, "must be > 0")
         if self.kl_estimator == "k1" and self.kl_beta > 0 and self.mu == 1:
             warnings.warn(

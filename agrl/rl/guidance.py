@@ -162,7 +162,7 @@ def forced_token_weights(
         p = jnp.exp(logps)
         forced_weight = p / (p + gamma)
     else:
-        raise ValueError(f"guidance.loss_mode={mode!r}: must be one of {LOSS_MODES}")
+        raise ValueError(f"loss.forced_tokens={mode!r}: must be one of {LOSS_MODES}")
     weight = jnp.where(forced, forced_weight, 1.0)
     use_clip = ~forced if mode == "offpolicy" else jnp.ones_like(forced)
     return weight, use_clip

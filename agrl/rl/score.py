@@ -43,7 +43,7 @@ def score_and_guide(
     )
     rewards_bg = reward.reshape(-1, G)
     stats = group_stats(
-        component(comps, "correct").reshape(-1, G), rewards_bg, cfg.loss.difficulty_filter
+        component(comps, "correct").reshape(-1, G), rewards_bg, cfg.advantage.difficulty_filter
     )
     advantages = compute_advantages(rewards_bg, cfg.advantage)
     guided = select_guided_slots(stats["acc"], rewards_bg, cfg.guidance.tau, G, slots)

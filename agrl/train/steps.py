@@ -221,7 +221,7 @@ def make_rl_step(
     current one, so old_logps = stop_gradient(logps) and no extra forward pass is spent.
     metrics: loss, grad_norm, skipped and the loss aux (sums and counts).
     """
-    mode = guidance_cfg.loss_mode if guidance_cfg.enabled else "include"
+    mode = loss_cfg.forced_tokens if guidance_cfg.enabled else "include"
 
     def step(state: TrainState, batch: RLBatch):
         def loss_fn(params):
@@ -247,7 +247,7 @@ def make_rl_step(
                 batch.forced_mask,
                 loss_cfg,
                 mode,
-                guidance_cfg.offpolicy_gamma,
+                loss_cfg.offpolicy_gamma,
                 entropy=None if entropy is None else jax.lax.stop_gradient(entropy),
             )
 

@@ -151,3 +151,20 @@ def test_round_trip_through_a_dict():
     cfg = build_config(overrides=["sampling.prompt_buckets=8,16", "train.method=agr_only"])
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert SamplingConfig().prompt_buckets == (32, 48, 64, 96, 128)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("guidance.loss_mode=mask", "loss.forced_tokens"),
+        ("guidance.offpolicy_gamma=0.2", "loss.offpolicy_gamma"),
+        ("loss.difficulty_filter=0.9", "advantage.difficulty_filter"),
+    ],
+)
+def test_moved_fields_say_where_they_went(old, new):
+    """Fields live in the section that consumes them; an old config names the new place."""
+    with pytest.raises(ConfigError, match=rf"moved to {new}"):
+        build_config(overrides=[old])
+    section, field = new.split(".")
+    cfg = build_config(overrides=[f"{new}={old.split('=')[1]}"])
+    assert str(getattr(getattr(cfg, section), field)) in old

@@ -66,7 +66,7 @@ def compute_golden(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x["gold_verdicts"], x["gold_has_verdicts"], cfg.reward,
     )  # fmt: skip
     rewards_bg = reward.reshape(B, G)
-    stats = group_stats(comps[:, 0].reshape(B, G), rewards_bg, cfg.loss.difficulty_filter)
+    stats = group_stats(comps[:, 0].reshape(B, G), rewards_bg, cfg.advantage.difficulty_filter)
     g = cfg.guidance
     guided = select_guided_slots(stats["acc"], rewards_bg, g.tau, G, g.slots_per_batch)
     forced_ids, forced_len = build_forced_prefixes(
@@ -84,11 +84,11 @@ def compute_golden(x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     adv = compute_advantages(mixed_reward.reshape(B, G), cfg.advantage).reshape(-1)
     forced_mask = (jnp.arange(T)[None, :] < forced_len[:, None]) & x["mask"]
     weight, use_clip = forced_token_weights(
-        forced_mask, adv, x["logps"], g.loss_mode, g.offpolicy_gamma
+        forced_mask, adv, x["logps"], cfg.loss.forced_tokens, cfg.loss.offpolicy_gamma
     )
     loss, aux = policy_loss(
         x["logps"], x["old_logps"], x["ref_logps"], adv, x["mask"], forced_mask,
-        cfg.loss, g.loss_mode, g.offpolicy_gamma,
+        cfg.loss, cfg.loss.forced_tokens, cfg.loss.offpolicy_gamma,
     )  # fmt: skip
     out = {
         "reward": reward,
