@@ -32,7 +32,7 @@ from agrl.rl.guidance import (
     update_replay,
 )
 from agrl.rl.rewards import COMPONENTS, compute_rewards
-from agrl.sampling import make_sampler, make_sharded_sampler
+from agrl.sampling import make_sampler
 from agrl.task.data import (
     decode_completions,
     encode_prompts,
@@ -124,15 +124,12 @@ def make_rl_context(
     cfg: Config, pool: PromptPool, tokenizer, optimizer, eos_ids, mesh=None
 ) -> RLContext:
     """Build the samplers and jitted functions once for a config (under `mesh` if given:
-    agrl.distributed's sampler, and batches placed as global arrays split on rows)."""
+    the samplers jitted with shardings, and batches placed as global arrays split on rows)."""
     scfg, G = cfg.sampling, cfg.sampling.group_size
     pad_id = int(tokenizer.pad_token_id)
 
     def new_sampler(**kw):
-        kw |= dict(eos_ids=tuple(eos_ids), pad_id=pad_id)
-        if mesh is None:
-            return make_sampler(cfg.model, scfg, **kw)
-        return make_sharded_sampler(cfg.model, scfg, mesh, **kw)
+        return make_sampler(cfg.model, scfg, eos_ids=tuple(eos_ids), pad_id=pad_id, mesh=mesh, **kw)
 
     sampler = new_sampler()
     slots = cfg.guidance.slots_per_batch if cfg.guidance.enabled else 0
