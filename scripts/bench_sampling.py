@@ -97,12 +97,8 @@ def main() -> None:
 
         rows.append((f"agrl sampler (G={groups})", b, groups, median_time(run, args.repeats)))
         if groups == 1:
-            z = jnp.zeros((N, T), jnp.int32)
-            compiled = (
-                sampler._core.lower(params, ids, mask, jax.random.key(0), z, z[:, 0])
-                .compile()
-                .memory_analysis()
-            )
+            lowered = sampler.lower(params, ids, mask, jax.random.key(0))
+            compiled = lowered.compile().memory_analysis()
 
     flop_tok = 2 * (sum(x.size for x in jax.tree.leaves(params["layers"])) + params["embed"].size)
     print(f"jax: {jax.__version__}, devices: {jax.devices()}, torch threads: {args.threads}")

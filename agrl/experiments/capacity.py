@@ -10,7 +10,7 @@ Per device, with N = prompts * G sequences, S = P + T tokens, dp = data * fsdp, 
     table (agrl.parallel.sharding.LOGICAL_AXIS_RULES) splits it over; optax keeps mu and nu in the
     parameter dtype and agrl keeps no f32 master copy;
   sampler: KV cache 2 * L * (N/dp) * (K/tp) * S * Hd * bytes, plus the fused per-layer
-    weight copy the decode loop builds (agrl.sampling._decode_params, ~1x the layer weights);
+    weight copy the decode loop builds (agrl.model.decoder.fuse_params, ~1x the layer weights);
   update activations (no rematerialisation): per layer and row, the residual-stream tensors
     4 * S * D, q/k/v/o (2H + 2K) * Hd / tp * S, SwiGLU 3 * S * F / tp (compute dtype) and
     the attention probabilities H / tp * S^2 (f32 + compute dtype); plus the completion

@@ -32,7 +32,7 @@ from agrl.rl.metrics import rl_metrics
 from agrl.rl.rewards import parsed_to_arrays
 from agrl.rl.score import make_scorer
 from agrl.rl.types import Gold, Parsed, RLBatch, Rollout, Scores
-from agrl.sampling import make_sampler, make_sharded_sampler
+from agrl.sampling import make_sampler
 from agrl.task.data import (
     decode_completions,
     encode_prompts,
@@ -149,10 +149,8 @@ def make_rl_context(
             )
 
     def new_sampler(**kw):  # the one place samplers are made
-        kw |= dict(eos_ids=tuple(eos_ids), pad_id=pad_id)
-        if mesh is None:
-            return make_sampler(cfg.model, cfg.sampling, **kw)
-        return make_sharded_sampler(cfg.model, cfg.sampling, mesh, **kw)
+        kw |= dict(eos_ids=tuple(eos_ids), pad_id=pad_id, mesh=mesh)
+        return make_sampler(cfg.model, cfg.sampling, **kw)
 
     temperature = _logp_temperature(cfg)
     return RLContext(

@@ -27,7 +27,7 @@ from agrl.parallel.distributed import (
 )
 from agrl.parallel.sharding import make_mesh, rows_sharding
 from agrl.rl.guidance import init_replay
-from agrl.sampling import make_sampler, make_sharded_sampler
+from agrl.sampling import make_sampler
 from agrl.task.data import load_records
 from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.metrics_log import read_metrics
@@ -154,7 +154,7 @@ def test_sharded_sampler_same_tokens_and_kv_cache_split(setup, shape):
     mask[1, :5] = False
     key = jax.random.key(11)
     ref = make_sampler(cfg, scfg, eos_ids=(1,))(params, ids, mask, key)
-    sampler = make_sharded_sampler(cfg, scfg, mesh, eos_ids=(1,))
+    sampler = make_sampler(cfg, scfg, eos_ids=(1,), mesh=mesh)
     out = sampler(place_params(params, cfg, mesh), ids, mask, key)
     np.testing.assert_array_equal(to_host(out.tokens), np.asarray(ref.tokens))
     assert np.abs(to_host(out.logps) - np.asarray(ref.logps)).max() <= 1e-5
