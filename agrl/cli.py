@@ -29,6 +29,17 @@ class UserError(Exception):
     """A mistake in the command line or its inputs; printed as one line, exit 2."""
 
 
+def cumpt_beta(text: str) -> float:
+    """argparse type of --beta: the CumPT threshold, a float in (0, 1]."""
+    try:
+        beta = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < beta <= 1.0:
+        raise argparse.ArgumentTypeError(f"{beta} is not in (0, 1]")
+    return beta
+
+
 def is_user_error(e: BaseException) -> bool:
     """Whether e is one of USER_ERRORS (or UserError, or an OSError such as a missing file)."""
     if isinstance(e, (UserError, OSError)):
@@ -187,7 +198,7 @@ def add_eval(sub) -> None:
     p.add_argument("--data", required=True, help="labelled JSONL file")
     p.add_argument("--out", help="write all metrics as JSON here")
     p.add_argument("--order", choices=("label_first", "think_first"), default="label_first")
-    p.add_argument("--beta", type=float, default=0.5, help="CumPT threshold")
+    p.add_argument("--beta", type=cumpt_beta, default=0.5, help="CumPT threshold in (0, 1]")
     p.set_defaults(func=_eval)
 
 
@@ -210,7 +221,7 @@ def add_score(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--beta", type=float, default=0.5, help="CumPT threshold")
+    p.add_argument("--beta", type=cumpt_beta, default=0.5, help="CumPT threshold in (0, 1]")
     p.set_defaults(func=_score)
 
 

@@ -10,6 +10,7 @@ and split into heads on import (and back on export).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -26,6 +27,14 @@ from agrl.model.params import Params, param_shapes
 
 ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 INDEX = "model.safetensors.index.json"
+REQUIRED_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
+SUPPORTED_ACTS = ("silu",)  # SwiGLU: silu(x W_gate) * x W_up
 
 
 class CheckpointError(ValueError):
@@ -35,11 +44,33 @@ class CheckpointError(ValueError):
 def config_from_hf(src: str | Path | dict[str, Any]) -> ModelConfig:
     """ModelConfig from a Hugging Face config.json (a directory, the file, or its dict)."""
     if isinstance(src, dict):
-        c = src
+        c, where = src, "config.json"
     else:
         path = Path(src)
+        if path.is_dir() and not (path / "config.json").exists() and (path / "model").is_dir():
+            raise CheckpointError(
+                f"{path}: no config.json; this looks like a run directory, its model is "
+                f"{path / 'model'}"
+            )
         path = path / "config.json" if path.is_dir() else path
-        c = json.loads(path.read_text())
+        where = str(path)
+        try:
+            c = json.loads(path.read_text())
+        except FileNotFoundError:
+            msg = f"{path}: not found (a model directory holds config.json)"
+            raise CheckpointError(msg) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(c, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(c).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in c]
+    if missing:
+        raise CheckpointError(f"{where}: missing field {missing[0]!r}")
+    act = c.get("hidden_act", "silu")
+    if act not in SUPPORTED_ACTS:
+        raise CheckpointError(
+            f"{where}: hidden_act={act!r} is not supported (supported: {list(SUPPORTED_ACTS)})"
+        )
     archs = c.get("architectures") or []
     arch = ARCHS.get(archs[0]) if archs else c.get("model_type")
     if arch not in ARCHS.values():
@@ -127,15 +158,29 @@ def _hf_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return _to_hf(key, np.zeros(shape, np.int8)).shape
 
 
+@contextlib.contextmanager
+def _open(path: Path):
+    """safe_open with a named error for a file that is not a safetensors file."""
+    try:
+        f = safe_open(path, framework="flax")
+    except Exception as e:  # safetensors raises its own SafetensorError for garbage
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    with f:
+        yield f
+
+
 class _Reader:
     """Lazy access to the tensors of a single or sharded safetensors checkpoint."""
 
     def __init__(self, d: Path):
         if (d / INDEX).exists():
-            wmap = json.loads((d / INDEX).read_text())["weight_map"]
+            try:
+                wmap = json.loads((d / INDEX).read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{d / INDEX}: not a safetensors index ({e})") from None
             self.where = {k: d / f for k, f in wmap.items()}
         elif (d / "model.safetensors").exists():
-            with safe_open(d / "model.safetensors", framework="flax") as f:
+            with _open(d / "model.safetensors") as f:
                 self.where = {k: d / "model.safetensors" for k in f.keys()}  # noqa: SIM118
         else:
             raise CheckpointError(f"{d}: no model.safetensors or {INDEX}")
@@ -146,10 +191,15 @@ class _Reader:
         if name not in self.where:
             raise CheckpointError(f"{self.dir}: missing tensor {name!r}")
         self.used.add(name)
-        with safe_open(self.where[name], framework="flax") as f:
+        with _open(self.where[name]) as f:
             if name not in f.keys():  # noqa: SIM118
                 raise CheckpointError(f"{self.where[name]}: missing tensor {name!r}")
-            t = f.get_tensor(name)
+            try:
+                t = f.get_tensor(name)
+            except Exception as e:  # a truncated file fails only when the tensor is read
+                msg = f"{self.where[name]}: tensor {name!r} unreadable: {e}"
+                raise CheckpointError(msg) from None
+
         if tuple(t.shape) != tuple(shape):
             raise CheckpointError(
                 f"{self.dir}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}"
@@ -206,9 +256,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         max_position_embeddings=cfg.max_position_embeddings,
         dtype=cfg.param_dtype,
     )
-    if cfg.qkv_bias != (cfg.arch == "qwen2") != (cfg.arch == "qwen2") or cfg.qk_norm != (
-        cfg.arch == "qwen3"
-    ):
+    if cfg.qkv_bias != (cfg.arch == "qwen2") or cfg.qk_norm != (cfg.arch == "qwen3"):
         raise CheckpointError(
             f"arch={cfg.arch!r} with qkv_bias={cfg.qkv_bias}, qk_norm={cfg.qk_norm} has no "
             "Hugging Face equivalent"
@@ -259,7 +307,21 @@ def save_pretrained(
         total = sum(v.nbytes for v in tensors.values())
         index = {"metadata": {"total_size": total}, "weight_map": wmap}
         (d / INDEX).write_text(json.dumps(index, indent=2))
-    (d / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2, default=str))
+    hf_cfg = hf_config_dict(cfg)
     if tokenizer is not None:
+        # Serving stops at eos only if config.json and generation_config.json name it.
+        ids = special_token_ids(tokenizer)
+        hf_cfg |= ids
+        gen = {k: v for k, v in ids.items() if v is not None} | {"_from_model_config": True}
+        (d / "generation_config.json").write_text(json.dumps(gen, indent=2))
         tokenizer.save_pretrained(str(d))
+    (d / "config.json").write_text(json.dumps(hf_cfg, indent=2, default=str))
     return d
+
+
+def special_token_ids(tokenizer: Any) -> dict[str, int | None]:
+    """{bos_token_id, eos_token_id, pad_token_id} of a tokenizer (None where it has none)."""
+    return {
+        name: (None if getattr(tokenizer, name, None) is None else int(getattr(tokenizer, name)))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }

@@ -62,6 +62,10 @@ def _validate(rec, path, line: int) -> dict:
                 raise DataError(path, line, name, "must not be empty")
             if len(v) > MAX_TEXT_CHARS:
                 raise DataError(path, line, name, f"longer than {MAX_TEXT_CHARS} characters")
+            try:  # JSON allows "\ud800"; no tokenizer or file writer does
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(path, line, name, f"not valid text ({e.reason})") from None
     label = rec["label"]
     if isinstance(label, bool) or not isinstance(label, int):
         raise DataError(path, line, "label", f"must be an integer 1..4, got {label!r}")

@@ -104,8 +104,6 @@ class Run:
 
     def __post_init__(self):
         self.ckpt = CheckpointManager(self.out / "checkpoints", keep=2)
-        if is_main_process():  # multi-process: process 0 writes every run file
-            (self.out / "config.json").write_text(json.dumps(config_to_dict(self.cfg), indent=2))
 
     def restore(self, arrays: Any, resume: bool) -> tuple[Any, dict | None]:
         """(arrays, host) restored from the latest checkpoint, or (arrays, None) for a new run.
@@ -119,6 +117,11 @@ class Run:
                 "continue it with --resume or choose another --out"
             )
         if latest is None:
+            # Written only now: a refused run must not overwrite the config of the run that
+            # owns the directory; a resumed run keeps the config it was started with.
+            if is_main_process():  # multi-process: process 0 writes every run file
+                cfg_json = json.dumps(config_to_dict(self.cfg), indent=2)
+                (self.out / "config.json").write_text(cfg_json)
             return arrays, None
         return self.ckpt.restore(target=arrays)
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -165,7 +166,10 @@ def test_run_stops_with_a_checkpoint_after_consecutive_nonfinite_steps(tmp_path)
 
 def test_a_new_run_refuses_a_directory_with_checkpoints(world, sft_model):
     cfg = load_config(
-        None, TINY + [f"paths.world={world}", f"paths.out={sft_model['out']}", "sft.steps=4"]
+        None, TINY + [f"paths.world={world}", f"paths.out={sft_model['out']}", "sft.steps=9"]
     )
+    saved = (Path(sft_model["out"]) / "config.json").read_text()
     with pytest.raises(RunError, match="already holds a run .* --resume"):
         run_sft(cfg)
+    # the refused run leaves the owner's config alone (it still matches the checkpoints)
+    assert (Path(sft_model["out"]) / "config.json").read_text() == saved
