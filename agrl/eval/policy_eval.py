@@ -96,6 +96,9 @@ def evaluate_policy(
         "format_ok": ok,
         "texts": texts,
     }
+    # Per-record labels, so that two models can be compared on the same records (a paired
+    # bootstrap, agrl.eval.bootstrap); aggregate_seeds leaves these lists out.
+    metrics["predictions"] = {"pred_label": labels.tolist(), "gold_label": gold.tolist()}
     if all("teacher_label" in r.get("meta", {}) for r in records):
         metrics["teacher_split"] = teacher_split_metrics(records, labels)
     if probs:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from agrl.eval.bootstrap import paired_bootstrap
 from agrl.eval.metrics import aggregate_seeds, metrics_table_markdown
 from agrl.experiments.plots import (
     plot_curves,
@@ -138,6 +139,60 @@ def headline(per_seed: dict[int, dict], a: str = "agrl", b: str = "grpo") -> dic
     }
 
 
+def paired_comparisons(
+    per_seed: dict[int, dict], base: str = "grpo", split: str = "b_eval", n_boot: int = 2000
+) -> dict[str, Any]:
+    """Every RL method minus `base` on `split` with 95% paired bootstrap intervals (records
+    resampled, the same draw for both models; agrl.eval.bootstrap), per seed and pooled.
+
+    Returns {method: {"pooled": {metric: {delta, lo, hi, resolved}}, "per_seed": {seed:
+    ...}}} in percentage points; {} when the evaluations carry no per-record predictions.
+    """
+    seeds = sorted(per_seed)
+
+    def preds(row: str, s: int) -> dict | None:
+        return per_seed[s]["models"][row][split].get("predictions")
+
+    out: dict[str, Any] = {}
+    for m in METHODS:
+        if m == base or any(preds(r, s) is None for r in (m, base) for s in seeds):
+            continue
+        runs = {}
+        for s in seeds:
+            a, b = preds(m, s), preds(base, s)
+            if a["gold_label"] != b["gold_label"]:
+                raise ValueError(f"seed {s}: {m} and {base} were evaluated on other records")
+            runs[s] = (np.asarray(a["gold_label"]), np.asarray(a["pred_label"]),
+                       np.asarray(b["pred_label"]))  # fmt: skip
+        pct = lambda r: {k: {**v, **{f: 100 * v[f] for f in ("delta", "lo", "hi")}}  # noqa: E731
+                         for k, v in r.items()}  # fmt: skip
+        out[m] = {
+            "pooled": pct(paired_bootstrap(list(runs.values()), n_boot=n_boot)),
+            "per_seed": {
+                str(s): pct(paired_bootstrap([r], n_boot=n_boot, seed=s)) for s, r in runs.items()
+            },  # fmt: skip
+        }
+    return out
+
+
+def _comparisons_md(comp: dict[str, Any], base: str = "grpo") -> str:
+    """One row per method: pooled delta and 95% interval of macro-F1 and accuracy, in words."""
+    nb = METHOD_NAMES[base]
+    head = ["method", f"Δ macro-F1 vs {nb} [95% CI]", f"Δ accuracy vs {nb} [95% CI]", "reading"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, c in comp.items():
+        p = c["pooled"]
+        cells = [f"{p[k]['delta']:+.2f} [{p[k]['lo']:+.2f}, {p[k]['hi']:+.2f}]"
+                 for k in ("macro_f1", "accuracy")]  # fmt: skip
+        f = p["macro_f1"]
+        if not f["resolved"]:
+            words = "not resolved (the interval contains 0)"
+        else:
+            words = f"resolved: {METHOD_NAMES[m]} {'above' if f['delta'] > 0 else 'below'} {nb}"
+        lines.append("| " + " | ".join([METHOD_NAMES[m], *cells, words]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _std(xs: list[float]) -> float:
     """Sample std over seeds (ddof=1, as agrl.eval.metrics.aggregate_seeds), 0 for one seed."""
     return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
@@ -197,6 +252,20 @@ def results_markdown(plan: ReproducePlan, agg: dict, per_seed: dict[int, dict], 
         "alternative and knowledge, and a smaller std for AGRL than for GRPO.\n",
         _headline_md(headline(per_seed)),
     ]
+    comp = paired_comparisons(per_seed)
+    if comp:
+        n_rec = len(
+            per_seed[plan.seeds[0]]["models"]["grpo"]["b_eval"]["predictions"]["gold_label"]
+        )
+        parts += [
+            "## Every RL method vs GRPO on b_eval, with 95% paired bootstrap intervals\n",
+            f"Δ in points, pooled over {n} seed{'s' * (n > 1)} ({n_rec} b_eval records each; "
+            "records resampled 2000 times, the same draw for both models, seeds kept fixed). "
+            "A difference is resolved when its interval excludes 0: it is then not explained "
+            "by which records happen to be in the evaluation set. Per-seed intervals are in "
+            "results.json (`vs_grpo`).\n",
+            _comparisons_md(comp),
+        ]
     parts += [
         "## Diagnostics at the RL start (DPO policy, rl pool)\n",
         f"G = {plan.cfg.sampling.group_size} samples per prompt at the training temperature "

@@ -37,7 +37,13 @@ from agrl.config import (
 )
 from agrl.eval.metrics import write_json
 from agrl.eval.policy_eval import evaluate_policy, pass_at_g
-from agrl.experiments.report import aggregate, headline, results_markdown, write_figures
+from agrl.experiments.report import (
+    aggregate,
+    headline,
+    paired_comparisons,
+    results_markdown,
+    write_figures,
+)
 from agrl.experiments.setup import (
     METHODS,
     ROW_NAMES,
@@ -299,6 +305,12 @@ def _run_seed(plan: ReproducePlan, seed: int, world_dir: Path, tok, progress: Pr
 # The job.
 
 
+def _without_predictions(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _without_predictions(v) for k, v in tree.items() if k != "predictions"}
+    return tree
+
+
 def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
     """Run (or resume) every stage of the plan and write results.json, results.md, figures
     and run.json into plan.out.  Returns {results, paths}."""
@@ -324,7 +336,9 @@ def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
         "rows": {r: ROW_NAMES[r] for r in ROWS},
         "aggregate": agg,
         "agrl_vs_grpo": headline(per_seed),
-        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "vs_grpo": paired_comparisons(per_seed),
+        # per-record predictions stay in each stage's eval.json / eval_w.json
+        "per_seed": {str(s): _without_predictions(v) for s, v in per_seed.items()},
     }
     paths = [write_json(plan.out / "results.json", results)]
     md = plan.out / "results.md"

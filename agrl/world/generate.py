@@ -174,7 +174,10 @@ def query_text(rng: np.random.Generator, q: Query, cfg: WorldConfig) -> str:
         template = str(rng.choice(C.ALTERNATIVE_TEMPLATES))
         return template.format(brand=_brand_word(rng, q.alt_brand, cfg), cat=cat)
     if q.qtype == "qa":
-        return str(rng.choice(C.QA_TEMPLATES)).format(feature=q.need, cat=cat)
+        # The secondary attribute (label 3 always has one) is part of the question.
+        attrs = [_color_word(rng, v) if k == "color" else v for k, v in q.attrs]
+        template = str(rng.choice(C.QA_TEMPLATES))
+        return template.format(feature=q.need, cat=" ".join([*attrs, cat]))
     words = []
     if q.brand:
         words.append(_brand_word(rng, q.brand, cfg))

@@ -60,6 +60,10 @@ def test_metrics_do_not_depend_on_the_batch_size(setup):
     assert m4["accuracy"] == m64["accuracy"] and m4["n"] == len(records)
     assert m4["posterior"]["n"] == len(records)
     assert set(m4["teacher_split"]) == {"teacher_wrong", "teacher_right"}
+    assert m4["predictions"] == {  # per record, for paired comparisons of two models
+        "pred_label": p4["pred_label"].tolist(),
+        "gold_label": [r["label"] for r in records],
+    }
 
 
 def test_greedy_answer_equals_the_sampler_alone(setup):

@@ -10,7 +10,7 @@ import pytest
 
 from agrl.config import Config
 from agrl.eval.policy_eval import _group_stats, teacher_split_metrics
-from agrl.experiments.report import aggregate, headline, results_markdown
+from agrl.experiments.report import aggregate, headline, paired_comparisons, results_markdown
 from agrl.experiments.setup import METHODS, ROWS
 from agrl.task.data import HARD_TYPES
 
@@ -116,3 +116,48 @@ def test_results_markdown_has_the_teacher_section():
     md = results_markdown(plan, aggregate(per_seed), per_seed, {})
     assert "## b_eval accuracy where the teacher is wrong (%)" in md
     assert "| wrong: negation |" in md and "The 10 b_eval records" in md
+
+
+def _with_predictions(per_seed: dict[int, dict], n: int = 120) -> dict[int, dict]:
+    """Per-record labels: every method is right on a method-specific share of the records."""
+    rng = np.random.default_rng(5)
+    share = {"grpo": 0.5, "grpo_pr": 0.5, "agrl": 0.9, "rrs_only": 0.5, "agr_only": 0.5}
+    for seed in per_seed.values():
+        gold = rng.integers(1, 5, n)
+        for r, models in seed["models"].items():
+            right = rng.random(n) < share.get(r, 0.5)
+            pred = np.where(right, gold, 1 + gold % 4)
+            models["b_eval"]["predictions"] = {
+                "pred_label": pred.tolist(),
+                "gold_label": gold.tolist(),
+            }
+    return per_seed
+
+
+def test_paired_comparisons_pool_the_per_seed_deltas():
+    per_seed = _with_predictions(_per_seed(2))
+    comp = paired_comparisons(per_seed, n_boot=300)
+    assert set(comp) == set(METHODS) - {"grpo"}
+    for m, c in comp.items():
+        deltas = []
+        for s in per_seed:
+            p = {r: per_seed[s]["models"][r]["b_eval"]["predictions"] for r in (m, "grpo")}
+            acc = {r: np.mean(np.equal(p[r]["pred_label"], p[r]["gold_label"])) for r in p}
+            deltas.append(100 * (acc[m] - acc["grpo"]))
+            assert c["per_seed"][str(s)]["accuracy"]["delta"] == pytest.approx(deltas[-1])
+        pooled = c["pooled"]["accuracy"]
+        assert pooled["delta"] == pytest.approx(np.mean(deltas))
+        assert pooled["lo"] <= pooled["delta"] <= pooled["hi"]
+    assert comp["agrl"]["pooled"]["accuracy"]["resolved"]  # 90% vs 50% right on 240 records
+    assert comp["agrl"]["pooled"]["accuracy"]["lo"] > 20
+
+
+def test_results_markdown_reports_the_intervals():
+    per_seed = _with_predictions(_per_seed(2))
+    plan = types.SimpleNamespace(seeds=(0, 1), quick=False, cfg=Config())
+    md = results_markdown(plan, aggregate(per_seed), per_seed, {})
+    assert "95% paired bootstrap intervals" in md and "resolved: AGRL above GRPO" in md
+    plain = _per_seed(1)  # no per-record predictions: no section, no error
+    md = results_markdown(types.SimpleNamespace(seeds=(0,), quick=False, cfg=Config()),
+                          aggregate(plain), plain, {})  # fmt: skip
+    assert "paired bootstrap" not in md

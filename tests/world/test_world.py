@@ -176,3 +176,23 @@ def test_default_world_is_fast(tmp_path):
         "w_eval": 400,
     }
     assert json.loads((tmp_path / "summary.json").read_text())["rl"]["n"] == 2000
+
+
+def test_every_query_attribute_is_in_the_query_text():
+    """What the rule engine checks is in the prompt: a qa query's secondary attribute (label
+    3 always has one) is rendered, as for every other type (issue 16: it used to be lost)."""
+    from agrl.world.generate import query_text, sample_query
+
+    rng = np.random.default_rng(0)
+    cfg = WorldConfig()
+    checked = 0
+    for qtype in QUERY_TYPES:
+        for label in (1, 2, 3, 4):
+            for _ in range(30):
+                q = sample_query(rng, qtype, label)
+                words = set(query_text(rng, q, cfg).split())
+                for kind, value in q.attrs:
+                    forms = {value, *(C.COLOR_SYNONYMS.get(value, ()) if kind == "color" else ())}
+                    assert words & forms, (qtype, label, kind, value, words)
+                    checked += 1
+    assert checked > 100
