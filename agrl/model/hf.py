@@ -63,6 +63,13 @@ def config_from_hf(src: str | Path | dict[str, Any]) -> ModelConfig:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(c, dict):
         raise CheckpointError(f"{where}: expected a JSON object, got {type(c).__name__}")
+    archs = c.get("architectures") or []
+    arch = ARCHS.get(archs[0]) if archs else c.get("model_type")
+    if arch not in ARCHS.values():
+        raise CheckpointError(
+            f"{where}: unsupported architecture {archs or c.get('model_type')!r}; "
+            f"supported: {sorted(ARCHS)}"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in c]
     if missing:
         raise CheckpointError(f"{where}: missing field {missing[0]!r}")
@@ -70,12 +77,6 @@ def config_from_hf(src: str | Path | dict[str, Any]) -> ModelConfig:
     if act not in SUPPORTED_ACTS:
         raise CheckpointError(
             f"{where}: hidden_act={act!r} is not supported (supported: {list(SUPPORTED_ACTS)})"
-        )
-    archs = c.get("architectures") or []
-    arch = ARCHS.get(archs[0]) if archs else c.get("model_type")
-    if arch not in ARCHS.values():
-        raise CheckpointError(
-            f"unsupported architecture {archs or c.get('model_type')!r}; supported: {sorted(ARCHS)}"
         )
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
