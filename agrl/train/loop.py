@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from agrl.config import Config, OptimConfig, config_to_dict
@@ -205,4 +206,9 @@ def finish_run(run: Run, params, cfg: Config, tok, stop_after, step0) -> dict:
         params = params if jax.process_count() == 1 else local_copy(host)
         summary["eval"] = final_eval(run.out, params, cfg, tok, eval_records(cfg))
     run.ckpt.close()
+    if jax.process_count() > 1:
+        # Process 0 does extra work at the end (the export); without this barrier the other
+        # processes reach jax.distributed's shutdown barrier first, and on a loaded machine
+        # its deadline can pass before process 0 arrives.
+        multihost_utils.sync_global_devices(f"agrl finished {run.out}")
     return summary
