@@ -39,3 +39,32 @@ def make_hf_model(arch: str, out_dir: Path, *, tie: bool = True, seed: int = 0, 
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(out_dir)
     return model
+
+
+def make_bpe_tokenizer(out_dir: Path, texts: list[str], *, bos: bool = False):
+    """A Qwen/Llama-style byte-level BPE tokenizer trained on texts (+ each label digit with
+    and without a leading space, so that both "4" and "Ġ4" are tokens), saved and reloaded.
+
+    bos=True gives it a bos token that, like Llama's, the tokenizer itself prepends."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_end|>"] + (["<|begin_of_text|>"] if bos else [])
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    digits = ["score 1 2 3 4 then 4 3 2 1"] * 20
+    core.train_from_iterator(list(texts) + digits, trainer)
+    kw = dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    if bos:
+        bos_id = core.token_to_id("<|begin_of_text|>")
+        core.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos_id)]
+        )
+        kw["bos_token"] = "<|begin_of_text|>"
+    PreTrainedTokenizerFast(tokenizer_object=core, **kw).save_pretrained(str(out_dir))
+    return AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)

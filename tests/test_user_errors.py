@@ -54,6 +54,9 @@ def _broken_model(good: Path, tmp: Path, how: str) -> Path:
         st.write_bytes(b"\x00garbage" * 100)
     elif how == "no weights":
         st.unlink()
+    elif how == "no tokenizer files":
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            (d / f).unlink(missing_ok=True)
     elif how == "a run directory":
         run = tmp / "run"
         run.mkdir()
@@ -73,6 +76,7 @@ def _broken_model(good: Path, tmp: Path, how: str) -> Path:
         ("truncated safetensors", "safetensors"),
         ("garbage safetensors", "not a readable safetensors file"),
         ("no weights", "no model.safetensors"),
+        ("no tokenizer files", "no tokenizer files"),
         ("a run directory", "looks like a run directory, its model is"),
     ],
 )

@@ -32,7 +32,7 @@ from agrl.task.data import (
     verdict_array,
 )
 from agrl.task.format import parse_batch
-from agrl.task.tokenizer import eos_ids, label_token_ids
+from agrl.task.tokenizer import eos_ids, label_token_variants
 
 
 @lru_cache(maxsize=8)
@@ -66,7 +66,7 @@ def evaluate_policy(
     pad = int(tok.pad_token_id)
     sampler = _greedy_sampler(cfg.model, cfg.sampling, tuple(eos_ids(tok)), pad)
     prompts = encode_prompts(tok, records, order)
-    label_ids = jnp.asarray(label_token_ids(tok))
+    label_ids = jnp.asarray(label_token_variants(tok))
     texts: list[str] = []
     probs: list[np.ndarray] = []
     batches = padded_batches(prompts, batch_size, pad, sampler.bucket)

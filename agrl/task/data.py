@@ -41,7 +41,7 @@ class DataError(ValueError):
         super().__init__(f"{path}:{line}: field '{field}': {problem}")
 
 
-def _validate(rec, path, line: int) -> dict:
+def _validate(rec, path, line: int, require_label: bool = True) -> dict:
     """Check one parsed line; return the record with `verdicts` normalised."""
     if not isinstance(rec, dict):
         raise DataError(path, line, "<record>", f"must be a JSON object, got {type(rec).__name__}")
@@ -50,9 +50,10 @@ def _validate(rec, path, line: int) -> dict:
         raise DataError(
             path, line, unknown[0], f"unknown field; allowed: {', '.join(sorted(KNOWN_FIELDS))}"
         )
-    for name in REQUIRED:
+    for name in REQUIRED if require_label else ("query", "item"):
         if name not in rec:
-            raise DataError(path, line, name, "missing (required: query, item, label)")
+            required = ", ".join(REQUIRED if require_label else ("query", "item"))
+            raise DataError(path, line, name, f"missing (required: {required})")
     for name in TEXT_FIELDS:
         if name in rec:
             v = rec[name]
@@ -66,11 +67,22 @@ def _validate(rec, path, line: int) -> dict:
                 v.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise DataError(path, line, name, f"not valid text ({e.reason})") from None
+    if "label" not in rec:  # only when not required: an unlabelled record to score
+        if "verdicts" in rec:
+            raise DataError(path, line, "verdicts", "given without a label")
+        return _validate_optional(rec, path, line)
     label = rec["label"]
     if isinstance(label, bool) or not isinstance(label, int):
         raise DataError(path, line, "label", f"must be an integer 1..4, got {label!r}")
     if label not in (1, 2, 3, 4):
         raise DataError(path, line, "label", f"must be 1..4, got {label}")
+    rec = _validate_optional(rec, path, line)
+    if "verdicts" in rec:
+        rec = {**rec, "verdicts": _validate_verdicts(rec["verdicts"], label, path, line)}
+    return rec
+
+
+def _validate_optional(rec: dict, path, line: int) -> dict:
     if "id" in rec and (not isinstance(rec["id"], str) or not rec["id"]):
         raise DataError(path, line, "id", f"must be a non-empty string, got {rec['id']!r}")
     if "query_type" in rec and rec["query_type"] not in QUERY_TYPES:
@@ -79,8 +91,6 @@ def _validate(rec, path, line: int) -> dict:
         )
     if "meta" in rec and not isinstance(rec["meta"], dict):
         raise DataError(path, line, "meta", "must be a JSON object")
-    if "verdicts" in rec:
-        rec = {**rec, "verdicts": _validate_verdicts(rec["verdicts"], label, path, line)}
     return rec
 
 
@@ -107,8 +117,11 @@ def _validate_verdicts(verdicts, label: int, path, line: int) -> dict[str, str]:
     return {dim: verdicts[dim] for dim in DIMS}
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Read and validate a JSONL file; every record gets an `id` (default "line-<n>")."""
+def load_records(path: str | Path, require_label: bool = True) -> list[dict]:
+    """Read and validate a JSONL file; every record gets an `id` (default "line-<n>").
+
+    require_label=False accepts records without `label` (input to `agrl score`); every
+    other check is the same, and a label that is present is checked as usual."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -131,7 +144,7 @@ def load_records(path: str | Path) -> list[dict]:
             raise DataError(
                 path, n, "<json>", f"invalid JSON: {e.msg} (column {e.colno})"
             ) from None
-        rec = _validate(rec, path, n)
+        rec = _validate(rec, path, n, require_label)
         rec.setdefault("id", f"line-{n}")
         if rec["id"] in first_line_of:
             raise DataError(

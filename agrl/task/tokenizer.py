@@ -4,7 +4,9 @@
 world text is single-space-separated, markers included, so decode(encode(x)) == x) and
 saves it as a standard Hugging Face tokenizer directory that
 `transformers.AutoTokenizer.from_pretrained(dir)` loads offline. `label_token_ids` and
-`eos_ids` work the same for a Qwen/Llama tokenizer directory.
+`eos_ids` work the same for a Qwen/Llama tokenizer directory; `label_token_variants` lists
+every single-token spelling of each label ("4", " 4", ...) so that the label posterior
+counts all of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS: tuple[str, ...] = (PAD, BOS, EOS, UNK)  # ids 0..3
 LABEL_WORDS: tuple[str, ...] = ("1", "2", "3", "4")
+# Files of which a Hugging Face tokenizer directory holds at least one.
+TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+)
 # End-of-turn tokens of common chat tokenizers, also treated as end of sequence.
 _EXTRA_EOS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
 
@@ -50,9 +60,19 @@ def build_tokenizer(texts_or_vocab: Iterable[str], out_dir: str | Path) -> PreTr
     return load_tokenizer(out)
 
 
+class TokenizerError(ValueError):
+    """A tokenizer directory that is missing or cannot serve the judge format."""
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """Load any local Hugging Face tokenizer directory, offline."""
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    d = Path(path)
+    if d.is_dir() and not any((d / f).is_file() for f in TOKENIZER_FILES):
+        raise TokenizerError(
+            f"{d}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy the "
+            "tokenizer of the model next to config.json"
+        )
+    return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
 def label_token_ids(tok: PreTrainedTokenizerBase) -> np.ndarray:
@@ -68,14 +88,40 @@ def label_token_ids(tok: PreTrainedTokenizerBase) -> np.ndarray:
         if len(enc) != 1 or enc[0] == tok.unk_token_id:
             single = tok.convert_tokens_to_ids(word)
             if single is None or single == tok.unk_token_id:
-                raise ValueError(
+                raise TokenizerError(
                     f"label {word!r} is not a single token for this tokenizer (got {enc})"
                 )
             enc = [single]
         ids.append(enc[0])
     if len(set(ids)) != 4:
-        raise ValueError(f"label token ids are not distinct: {ids}")
+        raise TokenizerError(f"label token ids are not distinct: {ids}")
     return np.asarray(ids, dtype=np.int32)
+
+
+def label_token_variants(tok: PreTrainedTokenizerBase) -> np.ndarray:
+    """Ids [4, K] int32 of every single token that spells label l+1, padded with -1.
+
+    Column 0 is `label_token_ids` (the id training puts first in a response); the other
+    columns are the vocabulary's other spellings of the digit with leading whitespace
+    ("Ġ4" in byte-level BPE, "▁4" in SentencePiece), which a model may also put after the
+    prompt. The label posterior sums over a row, so no label probability is left out.
+    """
+    primary = label_token_ids(tok)
+    special = set(tok.all_special_ids)
+    rows: list[list[int]] = [[int(i)] for i in primary]
+    short = [
+        (t, i)
+        for t, i in tok.get_vocab().items()
+        if len(t) <= 8 and any(w in t for w in LABEL_WORDS)
+    ]
+    for t, i in sorted(short, key=lambda x: x[1]):
+        if i in special:
+            continue
+        text = tok.convert_tokens_to_string([t])
+        if text.lstrip() in LABEL_WORDS and i not in rows[int(text.lstrip()) - 1]:
+            rows[int(text.lstrip()) - 1].append(int(i))
+    k = max(len(r) for r in rows)
+    return np.asarray([r + [-1] * (k - len(r)) for r in rows], dtype=np.int32)
 
 
 def eos_ids(tok: PreTrainedTokenizerBase) -> list[int]:
@@ -84,5 +130,5 @@ def eos_ids(tok: PreTrainedTokenizerBase) -> list[int]:
     vocab = tok.get_vocab()
     ids += [vocab[t] for t in _EXTRA_EOS if t in vocab]
     if not ids:
-        raise ValueError("tokenizer has no eos token")
+        raise TokenizerError("tokenizer has no eos token")
     return list(dict.fromkeys(int(i) for i in ids))

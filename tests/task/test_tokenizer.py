@@ -6,9 +6,17 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from agrl.task.format import render_prompt
-from agrl.task.tokenizer import build_tokenizer, eos_ids, label_token_ids, load_tokenizer
+from agrl.task.tokenizer import (
+    TokenizerError,
+    build_tokenizer,
+    eos_ids,
+    label_token_ids,
+    label_token_variants,
+    load_tokenizer,
+)
 from agrl.world import WorldConfig, generate_world
 from agrl.world.splits import world_vocabulary
+from tests.hf_models import make_bpe_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +104,23 @@ def test_label_ids_error_when_labels_are_not_tokens(tmp_path):
         label_token_ids(hf)
     with pytest.raises(ValueError, match="eos"):
         eos_ids(hf)
+
+
+def test_label_variants_cover_every_spelling_in_a_bpe_vocabulary(world, tok, tmp_path):
+    assert label_token_variants(tok).tolist() == [[i] for i in label_token_ids(tok)]  # word-level
+    texts = [r["gold_response"] for r in world["b_eval"]]
+    bpe = make_bpe_tokenizer(tmp_path, texts)
+    var = label_token_variants(bpe)
+    assert var.shape == (4, 2)
+    for lab in range(4):
+        # column 0 is what training puts first in a response; the other is " 4" ("Ġ4")
+        assert var[lab, 0] == bpe.encode(f"{lab + 1} </label>", add_special_tokens=False)[0]
+        assert bpe.convert_ids_to_tokens(int(var[lab, 1])) == f"Ġ{lab + 1}"
+    for r in world["b_eval"][:20]:
+        assert bpe.encode(r["gold_response"], add_special_tokens=False)[0] == var[r["label"] - 1, 0]
+
+
+def test_model_directory_without_tokenizer_files_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(TokenizerError, match="no tokenizer files"):
+        load_tokenizer(tmp_path)
