@@ -22,6 +22,8 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("agrl.train.loop", "RunError"),
     ("agrl.train.checkpoint", "CheckpointError"),
     ("agrl.model.hf", "CheckpointError"),
+    ("agrl.task.tokenizer", "TokenizerError"),
+    ("agrl.train.export", "ExportError"),
 )
 
 
@@ -203,10 +205,15 @@ def add_eval(sub) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from agrl.eval.scoring import score_file
+    from agrl.eval.scoring import format_tier_summary, score_file
 
     s = score_file(args.model, args.data, args.out, batch_size=args.batch_size, beta=args.beta)
-    print(f"scored {s['n']} records -> {args.out}; posterior accuracy {s['accuracy']:.3f}")
+    print(f"CumPT tiers at beta={args.beta}:")
+    print(format_tier_summary(s["tiers"]))
+    line = f"scored {s['n']} records -> {args.out}"
+    if s["labelled"]:
+        line += f"; posterior accuracy {s['accuracy']:.3f}"
+    print(line)
     return 0
 
 
@@ -214,15 +221,42 @@ def add_score(sub) -> None:
     p = sub.add_parser(
         "score",
         help="label-posterior scores (prefill only) and CumPT tiers for a JSONL file",
-        description="Serve-style scoring: softmax over the 4 label tokens at the first "
-        "response position; one JSON line per record with probs, argmax label and tier.",
+        description="Serve-style scoring: the label posterior at the first response "
+        "position (every spelling of each label token); one JSON line per record with its "
+        "id, query, item (label), p1..p4, pred_label, expected_label and tier; then a table "
+        "of the tiers (with accuracy when the records are labelled).",
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True, help="Hugging Face model directory (+ tokenizer)")
+    p.add_argument("--data", required=True, help="JSONL with query and item (label optional)")
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--beta", type=cumpt_beta, default=0.5, help="CumPT threshold in (0, 1]")
     p.set_defaults(func=_score)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from agrl.train.export import export_checkpoint
+
+    r = export_checkpoint(args.run, args.out, step=args.step, force=args.force,
+                          tokenizer=args.tokenizer)  # fmt: skip
+    print(f"exported step {r['step']} of {args.run} -> {r['out']} (steps: {r['steps']})")
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint of a run as a Hugging Face directory to serve",
+        description="Write config.json, safetensors, the tokenizer with the judge's chat "
+        "template, generation_config.json and agrl_prompt.json (docs/serving.md) from a "
+        "checkpoint of a run directory; the params only, the optimizer state is not read.",
+    )
+    p.add_argument("--run", required=True, help="run directory (the --out of agrl train)")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--force", action="store_true", help="replace a model already in --out")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the run's)")
+    p.set_defaults(func=_export)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -260,6 +294,7 @@ COMMANDS: list[Callable] = [
     add_train,
     add_eval,
     add_score,
+    add_export,
     add_reproduce,
 ]
 

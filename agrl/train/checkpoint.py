@@ -303,6 +303,42 @@ class CheckpointManager:
             ) from None
         return restored["arrays"], restored["host"]
 
+    def restore_part(self, step: int, keys: tuple[str, ...]) -> Any:
+        """The subtree arrays[keys[0]][keys[1]]... of a complete step, as host numpy arrays,
+        without reading the rest (e.g. only the params, not the optimizer state); needs no
+        devices, so a run trained on many devices is read on one host."""
+        step = int(step)
+        self.verify(step)
+        where = self.directory / str(step) / "arrays"
+        ckptr = ocp.PyTreeCheckpointer()
+        try:
+            meta = ckptr.metadata(where).item_metadata.tree
+            for k in keys:
+                meta = meta[k]
+        except (KeyError, TypeError):
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} has no arrays {list(keys)}"
+            ) from None
+        except Exception as err:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} could not be read: {_summary(err)}"
+            ) from None
+        item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+        for k in reversed(keys):
+            item = {k: item}
+        rargs = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        try:
+            out = ckptr.restore(
+                where, args=ocp.args.PyTreeRestore(item, restore_args=rargs, partial_restore=True)
+            )
+        except Exception as err:  # orbax/tensorstore raise many types; report one
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} could not be read: {_summary(err)}"
+            ) from None
+        for k in keys:
+            out = out[k]
+        return out
+
     def close(self) -> None:
         self._mngr.close()
 

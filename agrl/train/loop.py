@@ -15,12 +15,13 @@ from tqdm.auto import tqdm
 
 from agrl.config import Config, OptimConfig, config_to_dict
 from agrl.eval.policy_eval import evaluate_policy
-from agrl.model import init_params, load_pretrained, save_pretrained
+from agrl.model import init_params, load_pretrained
 from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
 from agrl.task.data import (
     load_records,
 )
 from agrl.train.checkpoint import CheckpointManager
+from agrl.train.export import export_model
 from agrl.train.metrics_log import MetricsLogger
 
 
@@ -173,7 +174,7 @@ def key_data(key: jax.Array) -> np.ndarray:
 
 
 def save_model(out: Path, params, cfg: Config, tok) -> Path:
-    return save_pretrained(params, cfg.model, out / "model", tokenizer=tok)
+    return export_model(params, cfg, tok, out / "model")
 
 
 def optim_with(lr: float, warmup_frac: float, base: OptimConfig) -> OptimConfig:
