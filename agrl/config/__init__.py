@@ -23,6 +23,7 @@ from agrl.config.rl import AdvantageConfig, GuidanceConfig, LossConfig, RewardCo
 from agrl.config.schema import (
     Config,
     DPOConfig,
+    MemoryConfig,
     MeshConfig,
     ModelConfig,
     OptimConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "DPOConfig",
     "GuidanceConfig",
     "LossConfig",
+    "MemoryConfig",
     "MeshConfig",
     "ModelConfig",
     "OptimConfig",

@@ -187,6 +187,39 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """How a training step trades compute for memory (docs/scaling.md). Neither changes
+    the mathematics: a micro-batched step equals the whole-batch step within f32 rounding.
+
+    micro_batch_rows: rows per device in one forward/backward of an update (SFT, DPO, RL):
+        the step scans over ceil-free micro-batches of this many rows per device and sums
+        the gradients (0: the whole batch at once). The rows per device must be a multiple.
+    remat: what each layer keeps for the backward pass.
+        none    every activation (fastest, most memory)
+        layer   only the layer's input (jax.checkpoint per layer: one extra forward)
+        dots    the matmul outputs (jax.checkpoint_policies.dots_with_no_batch_dims_saveable:
+                norms, activations and attention softmax recomputed)
+    """
+
+    micro_batch_rows: int = 0
+    remat: Literal["none", "layer", "dots"] = "none"
+
+    def __post_init__(self):
+        check(
+            self.micro_batch_rows >= 0,
+            "memory.micro_batch_rows",
+            self.micro_batch_rows,
+            "must be >= 0 (0: the whole batch)",
+        )
+        check(
+            self.remat in ("none", "layer", "dots"),
+            "memory.remat",
+            self.remat,
+            "must be none, layer or dots",
+        )
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """Where a training command reads and writes ("" = not set; the CLI flags fill them)."""
 
@@ -212,6 +245,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

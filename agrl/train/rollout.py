@@ -160,7 +160,9 @@ def make_rl_context(
         tokenizer=tokenizer,
         sampler=new_sampler(),
         guided_sampler=new_sampler(group_size=1) if guided_slots(cfg) > 0 else None,
-        rl_step=make_rl_step(cfg.model, cfg.loss, cfg.guidance, optimizer, temperature, mesh=mesh),
+        rl_step=make_rl_step(
+            cfg.model, cfg.loss, cfg.guidance, optimizer, temperature, mesh=mesh, memory=cfg.memory
+        ),
         logps_fn=make_logps_fn(cfg.model, temperature, mesh=mesh),
         score=make_scorer(cfg, pad_id),
         mesh=mesh,

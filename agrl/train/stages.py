@@ -101,7 +101,7 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     optimizer = make_optimizer(
         optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
     )
-    sft_step = make_sft_step(cfg.model, optimizer)
+    sft_step = make_sft_step(cfg.model, optimizer, memory=cfg.memory)
     names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
 
     def step(state, idx):
@@ -241,7 +241,7 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     optimizer = make_optimizer(
         optim_with(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps
     )
-    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer)
+    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer, memory=cfg.memory)
     bs = min(cfg.dpo.batch_size, len(pairs["prompt_ids"]))
 
     def step(state, idx):
