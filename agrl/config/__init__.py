@@ -29,6 +29,7 @@ from agrl.config.schema import (
     PathsConfig,
     SamplingConfig,
     SFTConfig,
+    TaskConfig,
     TrainConfig,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "RewardConfig",
     "SFTConfig",
     "SamplingConfig",
+    "TaskConfig",
     "TrainConfig",
     "METHOD_PRESETS",
     "apply_overrides",
