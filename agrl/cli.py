@@ -19,6 +19,7 @@ EXIT_USER_ERROR = 2
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("agrl.config.base", "ConfigError"),
     ("agrl.task.data", "DataError"),
+    ("agrl.task.rules", "RuleBookError"),
     ("agrl.train.loop", "RunError"),
     ("agrl.train.checkpoint", "CheckpointError"),
     ("agrl.model.hf", "CheckpointError"),

@@ -30,6 +30,7 @@ from agrl.config.schema import (
     PathsConfig,
     SamplingConfig,
     SFTConfig,
+    TaskConfig,
     TrainConfig,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "RewardConfig",
     "SFTConfig",
     "SamplingConfig",
+    "TaskConfig",
     "TrainConfig",
     "METHOD_PRESETS",
     "apply_overrides",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from agrl.config import Config, OptimConfig, config_to_dict
+from agrl.config import Config, ConfigError, OptimConfig, config_to_dict
 from agrl.eval.policy_eval import evaluate_policy
 from agrl.model import init_params, load_pretrained, save_pretrained
 from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
-from agrl.task.data import (
-    load_records,
-)
+from agrl.task.data import has_supervision, load_records
+from agrl.task.format import check_order
+from agrl.task.rules import RuleBook, load_rule_book
 from agrl.train.checkpoint import CheckpointManager
 from agrl.train.metrics_log import MetricsLogger
 
@@ -93,6 +94,67 @@ def check_vocab(cfg: Config, tok) -> None:
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
             f"{len(tok)} tokens ({cfg.paths.tokenizer}); set model.vocab_size >= {len(tok)}"
         )
+
+
+def say(line: str) -> None:
+    """A start-up line (process 0 only), above any progress bar."""
+    if is_main_process():
+        tqdm.write(line)
+
+
+def resolve_task(cfg: Config, records: list[dict]) -> tuple[Config, RuleBook]:
+    """The rule book in force for a run on `records` (validated with it by load_task_data).
+
+    When the book has verdict dimensions but no record carries verdicts, a rationale, a
+    response or a gold response, nothing could teach them: the run switches to the
+    label-only book and says so (the returned cfg records the switch in config.json).
+    """
+    book = load_rule_book(cfg.task.rule_book)
+    if book.has_rules and not has_supervision(records):
+        say(
+            f"task: no record of {cfg.paths.train_data} has verdicts, a rationale or a "
+            f"response; the rule book {book.name!r} cannot be learned from labels alone, "
+            "so this run uses task.rule_book=label_only"
+        )
+        task = dataclasses.replace(cfg.task, rule_book="label_only")
+        cfg = dataclasses.replace(cfg, task=task)
+        book = load_rule_book("label_only")
+    try:
+        check_order(book, cfg.train.response_order)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    say(f"task: {book.describe()}")
+    return cfg, book
+
+
+def load_task_data(cfg: Config) -> tuple[Config, RuleBook, list[dict]]:
+    """paths.train_data validated with the configured rule book, then `resolve_task`."""
+    records = load_records(cfg.paths.train_data, load_rule_book(cfg.task.rule_book))
+    cfg, book = resolve_task(cfg, records)
+    return cfg, book, records
+
+
+class ZeroVarianceWatch:
+    """Warns once (stderr) when every group had zero reward variance (so no policy
+    gradient) for `limit` consecutive RL steps; limit 0 never warns."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak, self.warned = limit, 0, False
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        all_flat = metrics.get("zero_variance_frac_mixed", 0.0) >= 1.0
+        self.streak = self.streak + 1 if all_flat else 0
+        if self.limit and self.streak >= self.limit and not self.warned:
+            self.warned = True
+            if is_main_process():
+                print(
+                    f"agrl: WARNING: at step {step} every group has had zero reward variance "
+                    f"for {self.streak} consecutive steps: no policy gradient, the model is "
+                    "not learning (check the rewards, the data labels and the rule book, or "
+                    "raise sampling.temperature)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 @dataclasses.dataclass
@@ -183,7 +245,9 @@ def optim_with(lr: float, warmup_frac: float, base: OptimConfig) -> OptimConfig:
 def eval_records(cfg: Config) -> list[dict]:
     if not cfg.paths.eval_data:
         return []
-    return load_records(cfg.paths.eval_data)[: cfg.train.eval_size]
+    return load_records(cfg.paths.eval_data, load_rule_book(cfg.task.rule_book))[
+        : cfg.train.eval_size
+    ]
 
 
 def final_eval(out: Path, params, cfg: Config, tok, records) -> dict:

@@ -30,22 +30,26 @@ from agrl.sampling import make_sampler
 from agrl.task.data import (
     encode_prompts,
     encode_responses,
-    load_records,
     pad_left,
     pad_right,
 )
+from agrl.task.format import gold_text
+from agrl.task.rules import load_rule_book
 from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.loop import (
     Run,
     RunError,
+    ZeroVarianceWatch,
     check_vocab,
     eval_records,
     finish_run,
     frozen_copy,
     key_data,
     load_policy,
+    load_task_data,
     optim_with,
     resolve_paths,
+    say,
 )
 from agrl.train.metrics_log import MetricsLogger
 from agrl.train.rl_run import prepare_rl
@@ -87,13 +91,15 @@ def _supervised_arrays(tok, records, texts, order, T):
 
 
 def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
-    """Supervised fine-tuning on the `response` field of paths.train_data."""
+    """Supervised fine-tuning on paths.train_data: each record's `response`, else its gold
+    response (`gold_response`, else label + `rationale`, else the label alone, as the rule
+    book in force writes it: agrl.task.format.gold_text)."""
     cfg = resolve_paths(cfg, "sft")
+    cfg, book, records = load_task_data(cfg)
     tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
-    records = load_records(cfg.paths.train_data)
-    texts = [r.get("response") or r.get("gold_response") for r in records]
-    if any(t is None for t in texts):
-        raise RunError(f"{cfg.paths.train_data}: SFT needs a `response` on every record")
+    texts = [r.get("response") or gold_text(r, order, book) for r in records]
+    n_own = sum(bool(r.get("response")) for r in records)
+    say(f"sft: targets: {n_own} `response` fields, {len(records) - n_own} gold responses")
     arrays_np = _supervised_arrays(tok, records, texts, order, cfg.sampling.max_new_tokens)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
@@ -156,7 +162,7 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
     """pass@N pairs from the policy: per prompt, a correct sample is chosen and a wrong one
     rejected; when none is correct the gold response is chosen; prompts with no wrong
     sample give no pair.  Returns token arrays and mining statistics."""
-    order, N = cfg.train.response_order, cfg.dpo.pass_n
+    order, N, book = cfg.train.response_order, cfg.dpo.pass_n, load_rule_book(cfg.task.rule_book)
     sampler = make_sampler(
         cfg.model,
         dataclasses.replace(cfg.sampling, temperature=cfg.dpo.temperature, top_k=0, top_p=1.0),
@@ -165,7 +171,7 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
         group_size=N,
     )
     prompts = encode_prompts(tok, records, order)
-    gold = encode_responses(tok, [r["gold_response"] for r in records])
+    gold = encode_responses(tok, [gold_text(r, order, book) for r in records])
     chosen, rejected, keep, n_none_right = [], [], [], 0
     bs = max(1, 64 // N)
     for start in tqdm(range(0, len(records), bs), desc="dpo: mining pairs", dynamic_ncols=True):
@@ -174,7 +180,9 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
         ids, mask = pad_left(seqs, max(len(s) for s in seqs), int(tok.pad_token_id))
         gold_labels = np.asarray([r["label"] for r in records[sl]])
         k = jax.random.fold_in(key, start)
-        toks, m, correct = sample_correct(sampler, params, tok, ids, mask, gold_labels, k, order)
+        toks, m, correct = sample_correct(
+            sampler, params, tok, ids, mask, gold_labels, k, order, book
+        )
         for j, rec_i in enumerate(range(sl.start, sl.stop)):
             rows = range(j * N, (j + 1) * N)
             right = [r for r in rows if correct[j, r - j * N]]
@@ -221,19 +229,17 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     check_vocab(cfg, tok)
     ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
     ref_params = frozen_copy(ref_params)
+    cfg, _, records = load_task_data(cfg)  # also on resume: the same rule book
     pairs_file = out / "pairs.npz"
     if pairs_file.exists():
         with np.load(pairs_file) as f:
             pairs = {k: f[k] for k in f.files}
         stats = json.loads((out / "pairs.json").read_text())
     else:
-        records = load_records(cfg.paths.train_data)
         if cfg.dpo.mine_prompts:
             rng = np.random.default_rng(cfg.train.seed)
             pick = rng.permutation(len(records))[: cfg.dpo.mine_prompts]
             records = [records[i] for i in sorted(pick)]
-        if any("gold_response" not in r for r in records):
-            raise RunError(f"{cfg.paths.train_data}: DPO mining needs `gold_response` fields")
         mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
         pairs, stats = mined["arrays"], mined["stats"]
         np.savez(pairs_file, **pairs)
@@ -275,6 +281,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     if host is not None:
         rl.load(arrays, host)
     evals_on = eval_records(cfg)
+    watch = ZeroVarianceWatch(cfg.train.zero_variance_warn_steps)
     logger = MetricsLogger(
         out, resume_step=step0 if host is not None else None, enabled=is_main_process()
     )
@@ -295,6 +302,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
         t = time.perf_counter()
         ev = maybe_eval(step, rl.state.params)
         m, _ = rl.step(step)
+        watch.update(step, m)
         m.update(ev, time_eval=time.perf_counter() - t - m["time_iteration"])
         return m
 
