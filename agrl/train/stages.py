@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -128,9 +130,8 @@ def _run_supervised(
     if host is not None:
         batches.load_state_dict(host["batches"])
     state = arrays["train"]
-    logger = MetricsLogger(
-        run.out, resume_step=None if host is None else step0, enabled=is_main_process()
-    )
+    # step0 is 0 without a checkpoint: a run killed before its first one starts afresh
+    logger = MetricsLogger(run.out, resume_step=step0, enabled=is_main_process())
 
     def body(i):
         nonlocal state
@@ -212,6 +213,44 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
     return {"arrays": arrays, "stats": stats}
 
 
+PAIRS_ARRAYS, PAIRS_STATS = "pairs.npz", "pairs.json"
+
+
+def save_pair_cache(out: Path, pairs: dict[str, np.ndarray], stats: dict) -> None:
+    """Write the mined pairs so that a kill at any point leaves either the whole cache or
+    none that counts: each file goes to a temporary name and is renamed into place, the
+    arrays first; pairs.json, written last and recording the arrays' size, is the commit
+    marker."""
+    tmp = out / (PAIRS_ARRAYS + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, **pairs)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PAIRS_ARRAYS)
+    marker = dict(stats, arrays_bytes=(out / PAIRS_ARRAYS).stat().st_size)
+    tmp = out / (PAIRS_STATS + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(marker, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PAIRS_STATS)
+
+
+def load_pair_cache(out: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(pairs, stats) of a complete cache written by save_pair_cache, else None (no cache,
+    or one a kill left incomplete: the pairs are then mined again)."""
+    arrays, marker = out / PAIRS_ARRAYS, out / PAIRS_STATS
+    try:
+        stats = json.loads(marker.read_text())
+        if arrays.stat().st_size != stats.pop("arrays_bytes"):
+            return None
+        with np.load(arrays) as f:
+            pairs = {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        return None
+    return pairs, stats
+
+
 def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """DPO from paths.init against itself as the frozen reference (SPEC 6)."""
     cfg = resolve_paths(cfg, "dpo")
@@ -221,11 +260,9 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     check_vocab(cfg, tok)
     ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
     ref_params = frozen_copy(ref_params)
-    pairs_file = out / "pairs.npz"
-    if pairs_file.exists():
-        with np.load(pairs_file) as f:
-            pairs = {k: f[k] for k in f.files}
-        stats = json.loads((out / "pairs.json").read_text())
+    cached = load_pair_cache(out)
+    if cached is not None:
+        pairs, stats = cached
     else:
         records = load_records(cfg.paths.train_data)
         if cfg.dpo.mine_prompts:
@@ -236,8 +273,7 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
             raise RunError(f"{cfg.paths.train_data}: DPO mining needs `gold_response` fields")
         mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
         pairs, stats = mined["arrays"], mined["stats"]
-        np.savez(pairs_file, **pairs)
-        (out / "pairs.json").write_text(json.dumps(stats, indent=2))
+        save_pair_cache(out, pairs, stats)
     optimizer = make_optimizer(
         optim_with(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps
     )
@@ -275,9 +311,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     if host is not None:
         rl.load(arrays, host)
     evals_on = eval_records(cfg)
-    logger = MetricsLogger(
-        out, resume_step=step0 if host is not None else None, enabled=is_main_process()
-    )
+    logger = MetricsLogger(out, resume_step=step0, enabled=is_main_process())
 
     def maybe_eval(step: int, params) -> dict:
         if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
