@@ -14,7 +14,6 @@ import jax
 from tqdm.auto import tqdm
 
 from agrl.config import Config
-from agrl.model import load_pretrained
 from agrl.model.params import place_params
 from agrl.parallel.distributed import load_on_host
 from agrl.parallel.sharding import make_mesh
@@ -23,7 +22,15 @@ from agrl.rl.rewards import fallback_message
 from agrl.rl.types import Rollout
 from agrl.task.data import load_records
 from agrl.task.tokenizer import eos_ids, load_tokenizer
-from agrl.train.loop import RunError, check_vocab, key_data, load_policy
+from agrl.train.loop import (
+    RunError,
+    check_lengths,
+    check_vocab,
+    key_data,
+    load_policy,
+    load_reference,
+    resolve_model,
+)
 from agrl.train.rollout import (
     BatchSampler,
     PromptPool,
@@ -92,6 +99,8 @@ def prepare_rl(
     eos: the sampler's stop ids (default: the tokenizer's). The mesh is cfg.mesh; policy,
     optimizer state and reference are placed on it by the rules table.
     """
+    if params is None:
+        cfg = resolve_model(cfg)  # the model of paths.init, before the pre-flight checks
     tok = load_tokenizer(cfg.paths.tokenizer) if tokenizer is None else tokenizer
     if pool is None:
         pool = _rl_pool(
@@ -102,8 +111,7 @@ def prepare_rl(
     if params is None:
         with load_on_host():  # read on the host CPU; each device then receives only its shards
             params, cfg = load_policy(cfg, key)
-            same = cfg.paths.ref == cfg.paths.init
-            ref_params = params if same else load_pretrained(cfg.paths.ref)[0]
+            ref_params = load_reference(cfg, params)
     check_vocab(cfg, tok)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     mesh = make_mesh(cfg.mesh)  # policy, reference, optimizer state and batches follow it
@@ -124,12 +132,7 @@ def _rl_pool(cfg: Config, records: list[dict], tok) -> PromptPool:
             "record; disable it with guidance.enabled=false"
         )
     pool = build_pool(records, tok, cfg.train.response_order)
-    longest = max(len(p) for p in pool.prompt_ids)
-    if longest > cfg.sampling.prompt_buckets[-1]:
-        raise RunError(
-            f"{cfg.paths.train_data}: a prompt has {longest} tokens, more than the largest "
-            f"bucket sampling.prompt_buckets={cfg.sampling.prompt_buckets}; add a larger bucket"
-        )
+    check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
     message = fallback_message(pool.has_verdicts)
     if message:
         tqdm.write(message)

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from agrl.config import Config
 from agrl.eval.policy_eval import evaluate_policy, sample_correct
-from agrl.model import load_pretrained
 from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
 from agrl.sampling import make_sampler
 from agrl.task.data import (
@@ -40,12 +39,14 @@ from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.loop import (
     Run,
     RunError,
+    check_lengths,
     check_vocab,
     eval_records,
     finish_run,
     frozen_copy,
     key_data,
     load_policy,
+    load_reference,
     optim_with,
     resolve_paths,
 )
@@ -65,19 +66,31 @@ from agrl.train.steps import (
 # Paths, data and models.
 
 
-def _supervised_arrays(tok, records, texts, order, T):
-    prompts = encode_prompts(tok, records, order)
+def _supervised_arrays(cfg: Config, tok, records, texts):
+    """Padded SFT arrays, after the pre-flight length checks of the train split."""
+    T, path = cfg.sampling.max_new_tokens, cfg.paths.train_data
+    prompts = encode_prompts(tok, records, cfg.train.response_order)
     responses = encode_responses(tok, texts)
     too_long = [i for i, r in enumerate(responses) if len(r) > T]
     if too_long:
         i = too_long[0]
         raise RunError(
-            f"record {records[i]['id']}: response has {len(responses[i])} tokens > "
+            f"{path}: record {records[i]['id']}: response has {len(responses[i])} tokens > "
             f"sampling.max_new_tokens={T}; raise it or shorten the responses"
         )
+    check_lengths(cfg, path, records, prompts, responses)
     P = max(len(p) for p in prompts)
     pad = int(tok.pad_token_id)
     return (*pad_left(prompts, P, pad), *pad_right(responses, T, pad))
+
+
+def _checked_eval_records(cfg: Config, tok) -> list[dict]:
+    """The evaluation split (eval_records), checked before any compile: it is sampled."""
+    records = eval_records(cfg)
+    if records:
+        prompts = encode_prompts(tok, records, cfg.train.response_order)
+        check_lengths(cfg, cfg.paths.eval_data, records, prompts)
+    return records
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,15 +104,16 @@ def _supervised_arrays(tok, records, texts, order, T):
 def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """Supervised fine-tuning on the `response` field of paths.train_data."""
     cfg = resolve_paths(cfg, "sft")
-    tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
+    tok = load_tokenizer(cfg.paths.tokenizer)
+    check_vocab(cfg, tok)
     records = load_records(cfg.paths.train_data)
     texts = [r.get("response") or r.get("gold_response") for r in records]
     if any(t is None for t in texts):
         raise RunError(f"{cfg.paths.train_data}: SFT needs a `response` on every record")
-    arrays_np = _supervised_arrays(tok, records, texts, order, cfg.sampling.max_new_tokens)
+    arrays_np = _supervised_arrays(cfg, tok, records, texts)
+    _checked_eval_records(cfg, tok)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
-    check_vocab(cfg, tok)
     optimizer = make_optimizer(
         optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
     )
@@ -255,15 +269,10 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     """DPO from paths.init against itself as the frozen reference (SPEC 6)."""
     cfg = resolve_paths(cfg, "dpo")
     out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
-    key = jax.random.key(cfg.train.seed)
-    params, cfg = load_policy(cfg, key)
     check_vocab(cfg, tok)
-    ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
-    ref_params = frozen_copy(ref_params)
+    _checked_eval_records(cfg, tok)
     cached = load_pair_cache(out)
-    if cached is not None:
-        pairs, stats = cached
-    else:
+    if cached is None:  # the prompts to mine, checked before any compile
         records = load_records(cfg.paths.train_data)
         if cfg.dpo.mine_prompts:
             rng = np.random.default_rng(cfg.train.seed)
@@ -271,6 +280,14 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
             records = [records[i] for i in sorted(pick)]
         if any("gold_response" not in r for r in records):
             raise RunError(f"{cfg.paths.train_data}: DPO mining needs `gold_response` fields")
+        prompts = encode_prompts(tok, records, cfg.train.response_order)
+        check_lengths(cfg, cfg.paths.train_data, records, prompts)
+    key = jax.random.key(cfg.train.seed)
+    params, cfg = load_policy(cfg, key)
+    ref_params = frozen_copy(load_reference(cfg, params))
+    if cached is not None:
+        pairs, stats = cached
+    else:
         mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
         pairs, stats = mined["arrays"], mined["stats"]
         save_pair_cache(out, pairs, stats)
@@ -302,15 +319,18 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
 
 def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """RL from paths.init with the reference paths.ref (default: the start policy)."""
-    rl = prepare_rl(resolve_paths(cfg, "rl"))
-    cfg, out, tok = rl.cfg, Path(rl.cfg.paths.out), rl.ctx.tokenizer
+    cfg = resolve_paths(cfg, "rl")
+    tok = load_tokenizer(cfg.paths.tokenizer)
+    check_vocab(cfg, tok)
+    evals_on = _checked_eval_records(cfg, tok)  # before prepare_rl compiles anything
+    rl = prepare_rl(cfg, tokenizer=tok)
+    cfg, out = rl.cfg, Path(rl.cfg.paths.out)
     run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
     arrays, host = run.restore(rl.arrays(), resume)
     step0 = 0 if host is None else int(host["step"])
     evals: list[dict] = [] if host is None else list(host["evals"])
     if host is not None:
         rl.load(arrays, host)
-    evals_on = eval_records(cfg)
     logger = MetricsLogger(out, resume_step=step0, enabled=is_main_process())
 
     def maybe_eval(step: int, params) -> dict:
