@@ -13,7 +13,6 @@ from typing import Any
 import jax
 
 from agrl.config import Config
-from agrl.model import load_pretrained
 from agrl.model.params import place_params
 from agrl.parallel.distributed import load_on_host
 from agrl.parallel.sharding import make_mesh
@@ -24,11 +23,13 @@ from agrl.task.format import has_gold_rationale
 from agrl.task.rules import RuleBook
 from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.loop import (
-    RunError,
+    check_lengths,
     check_vocab,
     key_data,
     load_policy,
+    load_reference,
     load_task_data,
+    resolve_model,
     resolve_task,
     say,
 )
@@ -102,6 +103,8 @@ def prepare_rl(
     eos: the sampler's stop ids (default: the tokenizer's). The mesh is cfg.mesh; policy,
     optimizer state and reference are placed on it by the rules table.
     """
+    if params is None:
+        cfg = resolve_model(cfg)  # the model of paths.init, before the pre-flight checks
     tok = load_tokenizer(cfg.paths.tokenizer) if tokenizer is None else tokenizer
     if pool is None:
         if records is None:
@@ -114,8 +117,7 @@ def prepare_rl(
     if params is None:
         with load_on_host():  # read on the host CPU; each device then receives only its shards
             params, cfg = load_policy(cfg, key)
-            same = cfg.paths.ref == cfg.paths.init
-            ref_params = params if same else load_pretrained(cfg.paths.ref)[0]
+            ref_params = load_reference(cfg, params)
     check_vocab(cfg, tok)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     mesh = make_mesh(cfg.mesh)  # policy, reference, optimizer state and batches follow it
@@ -132,12 +134,7 @@ def _rl_pool(cfg: Config, records: list[dict], tok, book: RuleBook) -> PromptPoo
     bucket); says at start-up which reward and guidance are active, and when the step
     reward falls back to labels."""
     pool = build_pool(records, tok, cfg.train.response_order, book)
-    longest = max(len(p) for p in pool.prompt_ids)
-    if longest > cfg.sampling.prompt_buckets[-1]:
-        raise RunError(
-            f"{cfg.paths.train_data}: a prompt has {longest} tokens, more than the largest "
-            f"bucket sampling.prompt_buckets={cfg.sampling.prompt_buckets}; add a larger bucket"
-        )
+    check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
     say(describe_reward(cfg.reward, book))
     g = cfg.guidance
     if not g.enabled:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -24,7 +26,6 @@ from tqdm.auto import tqdm
 
 from agrl.config import Config
 from agrl.eval.policy_eval import evaluate_policy, sample_correct
-from agrl.model import load_pretrained
 from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
 from agrl.sampling import make_sampler
 from agrl.task.data import (
@@ -40,12 +41,14 @@ from agrl.train.loop import (
     Run,
     RunError,
     ZeroVarianceWatch,
+    check_lengths,
     check_vocab,
     eval_records,
     finish_run,
     frozen_copy,
     key_data,
     load_policy,
+    load_reference,
     load_task_data,
     optim_with,
     resolve_paths,
@@ -67,19 +70,31 @@ from agrl.train.steps import (
 # Paths, data and models.
 
 
-def _supervised_arrays(tok, records, texts, order, T):
-    prompts = encode_prompts(tok, records, order)
+def _supervised_arrays(cfg: Config, tok, records, texts):
+    """Padded SFT arrays, after the pre-flight length checks of the train split."""
+    T, path = cfg.sampling.max_new_tokens, cfg.paths.train_data
+    prompts = encode_prompts(tok, records, cfg.train.response_order)
     responses = encode_responses(tok, texts)
     too_long = [i for i, r in enumerate(responses) if len(r) > T]
     if too_long:
         i = too_long[0]
         raise RunError(
-            f"record {records[i]['id']}: response has {len(responses[i])} tokens > "
+            f"{path}: record {records[i]['id']}: response has {len(responses[i])} tokens > "
             f"sampling.max_new_tokens={T}; raise it or shorten the responses"
         )
+    check_lengths(cfg, path, records, prompts, responses)
     P = max(len(p) for p in prompts)
     pad = int(tok.pad_token_id)
     return (*pad_left(prompts, P, pad), *pad_right(responses, T, pad))
+
+
+def _checked_eval_records(cfg: Config, tok) -> list[dict]:
+    """The evaluation split (eval_records), checked before any compile: it is sampled."""
+    records = eval_records(cfg)
+    if records:
+        prompts = encode_prompts(tok, records, cfg.train.response_order)
+        check_lengths(cfg, cfg.paths.eval_data, records, prompts)
+    return records
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,13 +112,14 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     cfg = resolve_paths(cfg, "sft")
     cfg, book, records = load_task_data(cfg)
     tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
+    check_vocab(cfg, tok)
     texts = [r.get("response") or gold_text(r, order, book) for r in records]
     n_own = sum(bool(r.get("response")) for r in records)
     say(f"sft: targets: {n_own} `response` fields, {len(records) - n_own} gold responses")
-    arrays_np = _supervised_arrays(tok, records, texts, order, cfg.sampling.max_new_tokens)
+    arrays_np = _supervised_arrays(cfg, tok, records, texts)
+    _checked_eval_records(cfg, tok)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
-    check_vocab(cfg, tok)
     optimizer = make_optimizer(
         optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
     )
@@ -134,9 +150,8 @@ def _run_supervised(
     if host is not None:
         batches.load_state_dict(host["batches"])
     state = arrays["train"]
-    logger = MetricsLogger(
-        run.out, resume_step=None if host is None else step0, enabled=is_main_process()
-    )
+    # step0 is 0 without a checkpoint: a run killed before its first one starts afresh
+    logger = MetricsLogger(run.out, resume_step=step0, enabled=is_main_process())
 
     def body(i):
         nonlocal state
@@ -220,30 +235,68 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
     return {"arrays": arrays, "stats": stats}
 
 
+PAIRS_ARRAYS, PAIRS_STATS = "pairs.npz", "pairs.json"
+
+
+def save_pair_cache(out: Path, pairs: dict[str, np.ndarray], stats: dict) -> None:
+    """Write the mined pairs so that a kill at any point leaves either the whole cache or
+    none that counts: each file goes to a temporary name and is renamed into place, the
+    arrays first; pairs.json, written last and recording the arrays' size, is the commit
+    marker."""
+    tmp = out / (PAIRS_ARRAYS + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, **pairs)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PAIRS_ARRAYS)
+    marker = dict(stats, arrays_bytes=(out / PAIRS_ARRAYS).stat().st_size)
+    tmp = out / (PAIRS_STATS + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(marker, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PAIRS_STATS)
+
+
+def load_pair_cache(out: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(pairs, stats) of a complete cache written by save_pair_cache, else None (no cache,
+    or one a kill left incomplete: the pairs are then mined again)."""
+    arrays, marker = out / PAIRS_ARRAYS, out / PAIRS_STATS
+    try:
+        stats = json.loads(marker.read_text())
+        if arrays.stat().st_size != stats.pop("arrays_bytes"):
+            return None
+        with np.load(arrays) as f:
+            pairs = {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        return None
+    return pairs, stats
+
+
 def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """DPO from paths.init against itself as the frozen reference (SPEC 6)."""
     cfg = resolve_paths(cfg, "dpo")
     out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
-    key = jax.random.key(cfg.train.seed)
-    params, cfg = load_policy(cfg, key)
     check_vocab(cfg, tok)
-    ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
-    ref_params = frozen_copy(ref_params)
     cfg, _, records = load_task_data(cfg)  # also on resume: the same rule book
-    pairs_file = out / "pairs.npz"
-    if pairs_file.exists():
-        with np.load(pairs_file) as f:
-            pairs = {k: f[k] for k in f.files}
-        stats = json.loads((out / "pairs.json").read_text())
-    else:
+    _checked_eval_records(cfg, tok)
+    cached = load_pair_cache(out)
+    if cached is None:  # the prompts to mine, checked before any compile
         if cfg.dpo.mine_prompts:
             rng = np.random.default_rng(cfg.train.seed)
             pick = rng.permutation(len(records))[: cfg.dpo.mine_prompts]
             records = [records[i] for i in sorted(pick)]
+        prompts = encode_prompts(tok, records, cfg.train.response_order)
+        check_lengths(cfg, cfg.paths.train_data, records, prompts)
+    key = jax.random.key(cfg.train.seed)
+    params, cfg = load_policy(cfg, key)
+    ref_params = frozen_copy(load_reference(cfg, params))
+    if cached is not None:
+        pairs, stats = cached
+    else:
         mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
         pairs, stats = mined["arrays"], mined["stats"]
-        np.savez(pairs_file, **pairs)
-        (out / "pairs.json").write_text(json.dumps(stats, indent=2))
+        save_pair_cache(out, pairs, stats)
     optimizer = make_optimizer(
         optim_with(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps
     )
@@ -272,19 +325,21 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
 
 def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """RL from paths.init with the reference paths.ref (default: the start policy)."""
-    rl = prepare_rl(resolve_paths(cfg, "rl"))
-    cfg, out, tok = rl.cfg, Path(rl.cfg.paths.out), rl.ctx.tokenizer
+    cfg = resolve_paths(cfg, "rl")
+    tok = load_tokenizer(cfg.paths.tokenizer)
+    check_vocab(cfg, tok)
+    _checked_eval_records(cfg, tok)  # before prepare_rl compiles anything
+    rl = prepare_rl(cfg, tokenizer=tok)
+    cfg, out = rl.cfg, Path(rl.cfg.paths.out)
     run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
     arrays, host = run.restore(rl.arrays(), resume)
     step0 = 0 if host is None else int(host["step"])
     evals: list[dict] = [] if host is None else list(host["evals"])
     if host is not None:
         rl.load(arrays, host)
-    evals_on = eval_records(cfg)
+    evals_on = eval_records(cfg)  # with the rule book prepare_rl resolved
     watch = ZeroVarianceWatch(cfg.train.zero_variance_warn_steps)
-    logger = MetricsLogger(
-        out, resume_step=step0 if host is not None else None, enabled=is_main_process()
-    )
+    logger = MetricsLogger(out, resume_step=step0, enabled=is_main_process())
 
     def maybe_eval(step: int, params) -> dict:
         if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
