@@ -19,6 +19,8 @@ EXIT_USER_ERROR = 2
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("agrl.config.base", "ConfigError"),
     ("agrl.task.data", "DataError"),
+    ("agrl.task.rules", "RuleBookError"),
+    ("agrl.task.tokenizer", "TokenizerError"),
     ("agrl.train.loop", "RunError"),
     ("agrl.train.checkpoint", "CheckpointError"),
     ("agrl.model.hf", "CheckpointError"),
@@ -110,13 +112,41 @@ def add_validate(sub) -> None:
 
 def _run_config(args: argparse.Namespace):
     """Config of a training command (agrl.config.build_config): method preset < --config
-    file < path flags < section.key=value overrides."""
-    from agrl.config import build_config
+    file < path flags < section.key=value overrides. With --init the model config is the
+    checkpoint's, with the model.* runtime choices given here applied and architecture
+    fields that contradict it refused (agrl.train.loop.init_model_config)."""
+    from agrl.config import build_config, load_toml
+    from agrl.train.loop import resolve_model
 
     flags = {"world": args.world, "init": getattr(args, "init", None),
              "ref": getattr(args, "ref", None), "out": args.out}  # fmt: skip
     paths = [f"paths.{k}={v}" for k, v in flags.items() if v]
-    return build_config(args.config, [*paths, *args.overrides])
+    cfg = build_config(args.config, [*paths, *args.overrides])
+    if not cfg.paths.init:
+        return cfg
+    given = set(load_toml(args.config).get("model", {})) if args.config else set()
+    given |= {o.split("=", 1)[0].strip().removeprefix("model.") for o in args.overrides
+              if o.strip().startswith("model.")}  # fmt: skip
+    return resolve_model(cfg, given)
+
+
+def _random_init_warning(cfg) -> str:
+    """The start-up warning of a run without --init: what is being trained from scratch."""
+    import math
+
+    import jax
+
+    from agrl.model import param_shapes
+
+    m = cfg.model
+    shapes = jax.tree.leaves(param_shapes(m), is_leaf=lambda x: isinstance(x, tuple))
+    n = sum(math.prod(s) for s in shapes)
+    return (
+        f"agrl train: warning: no --init: training a randomly initialised {m.arch} model of "
+        f"{n / 1e6:.2f}M parameters ({m.num_layers} layers, hidden {m.hidden_size}, vocab "
+        f"{m.vocab_size}); to fine-tune a pretrained model pass --init HF_DIR (a Hugging "
+        "Face model directory)"
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -129,6 +159,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     init_distributed(spec)
     cfg = _run_config(args)
+    if not cfg.paths.init and args.stage == "sft":
+        print(_random_init_warning(cfg), file=sys.stderr)
     run = {"sft": run_sft, "dpo": run_dpo, "rl": run_rl}[args.stage]
     summary = run(cfg, resume=args.resume)
     ev = summary.get("eval") or {}

@@ -4,6 +4,7 @@ training: a table of broken model directories, data files and flags, run through
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -118,3 +119,136 @@ def test_exported_model_names_its_special_tokens(good):
 def test_export_refuses_every_flag_combination_without_an_hf_twin(flags):
     with pytest.raises(CheckpointError, match="has no Hugging Face equivalent"):
         hf_config_dict(ModelConfig(**flags))
+
+
+# ---------------------------------------------------------------------------------------
+# Training runs: pre-flight checks and --init surprises, all caught before any compile.
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _train(capsys, stage: str, *args: str) -> tuple[int, str, str]:
+    code = main(["train", stage, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sft_data(good) -> Path:
+    short = RECORD | {"response": "4 kettle", "gold_response": "4 kettle"}
+    long = short | {"id": "long", "item": " ".join(["kettle red steel"] * 60)}
+    _write(good / "long.jsonl", [short, long])  # the long record is on line 2
+    return _write(good / "sft.jsonl", [short])
+
+
+@pytest.mark.parametrize(
+    "stage,flags,message",
+    [
+        ("sft", ["paths.eval_data={d}/long.jsonl"],
+         "{d}/long.jsonl:2: record 'long': prompt has <n> tokens > the largest bucket "
+         "sampling.prompt_buckets[-1]=128; add a larger bucket"),
+        ("sft", ["paths.train_data={d}/long.jsonl", "model.max_position_embeddings=64"],
+         "{d}/long.jsonl:2: record 'long': prompt + response have <n> + 3 = <n> tokens > "
+         "model.max_position_embeddings=64"),
+        ("sft", ["paths.eval_data={d}/sft.jsonl", "model.max_position_embeddings=40"],
+         "{d}/sft.jsonl:1: record 'r0': prompt + sampling.max_new_tokens = <n> + 64 = <n> "
+         "positions > model.max_position_embeddings=40"),
+        ("dpo", ["paths.train_data={d}/long.jsonl", "dpo.mine_prompts=0"],
+         "{d}/long.jsonl:2: record 'long': prompt has <n> tokens > the largest bucket"),
+        ("rl", ["paths.train_data={d}/long.jsonl"],
+         "{d}/long.jsonl:2: record 'long': prompt has <n> tokens > the largest bucket"),
+    ],
+    ids=["eval prompt > bucket", "sft prompt+response > positions",
+         "eval prompt+new tokens > positions", "dpo mining prompt > bucket",
+         "rl prompt > bucket"],
+)  # fmt: skip
+def test_too_long_records_are_named_at_start_up(good, sft_data, tmp_path, capsys, stage,
+                                                flags, message):  # fmt: skip
+    d = str(good)
+    flags = [f.format(d=d) for f in flags]
+    if stage == "sft" and not any(f.startswith("paths.train_data") for f in flags):
+        flags.append(f"paths.train_data={sft_data}")
+    code, _, err = _train(capsys, stage, "--init", f"{d}/model", "--out", str(tmp_path), *flags)
+    # <n>: a token count (it depends on the prompt template, agrl.task.format)
+    pattern = re.escape(message.format(d=d)).replace("<n>", r"\d+")
+    assert code == 2 and re.search(pattern, err), err
+    assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("field,value", [("hidden_size", 32), ("num_layers", 3),
+                                         ("vocab_size", 128), ("arch", "llama")])  # fmt: skip
+def test_architecture_overrides_contradicting_init_are_refused(good, sft_data, tmp_path,
+                                                               capsys, field, value):  # fmt: skip
+    code, _, err = _train(capsys, "sft", "--init", str(good / "model"), "--out", str(tmp_path),
+                          f"paths.train_data={sft_data}", f"model.{field}={value}")  # fmt: skip
+    ckpt_value = getattr(CFG, field)
+    assert code == 2, err
+    assert f"model.{field}={value!r} (the checkpoint has {ckpt_value!r})" in err
+    assert "contradicts the architecture of --init" in err and len(err.splitlines()) == 1
+
+
+def test_runtime_overrides_apply_with_init(good):
+    from agrl.config import build_config
+    from agrl.train.loop import init_model_config, load_policy, resolve_model
+
+    cfg = build_config(overrides=[f"paths.init={good / 'model'}", "model.param_dtype=bfloat16",
+                                  "model.compute_dtype=bfloat16"])  # fmt: skip
+    params, resolved = load_policy(cfg, jax.random.key(0))
+    assert resolved.model == CFG.__class__(**{**CFG.__dict__, "param_dtype": "bfloat16",
+                                              "compute_dtype": "bfloat16"})  # fmt: skip
+    assert params["embed"].dtype == "bfloat16"
+    assert resolve_model(resolved) == resolved  # idempotent
+    # given by the CLI: an explicit float32 over a bfloat16 checkpoint is applied too
+    ckpt = resolved.model
+    assert init_model_config(CFG, ckpt, "m", given={"compute_dtype"}).compute_dtype == "float32"
+    assert init_model_config(ModelConfig(), ckpt, "m").compute_dtype == "bfloat16"  # not given
+
+
+def test_sft_without_init_warns_about_a_random_model(good, sft_data, tmp_path, capsys):
+    code, out, err = _train(
+        capsys,
+        "sft",
+        "--out",
+        str(tmp_path),
+        "model.vocab_size=16",
+        f"paths.tokenizer={good / 'tok'}",
+        f"paths.train_data={sft_data}",
+    )
+    assert code == 2 and "model.vocab_size=16 is smaller than" in err  # stops before training
+    warning = err.splitlines()[0]
+    assert "warning: no --init: training a randomly initialised qwen3 model of" in warning
+    assert "M parameters (4 layers, hidden 256, vocab 16)" in warning
+    assert "pass --init HF_DIR" in warning
+    assert f"tokenizer: {good / 'tok'} (paths.tokenizer)" in out
+
+
+def test_init_directory_tokenizer_is_the_default(good, sft_data, tmp_path, capsys):
+    from agrl.config import build_config
+    from agrl.train.loop import resolve_paths
+
+    world = tmp_path / "world"  # a world with a tokenizer of its own: --init's still wins
+    shutil.copytree(good / "tok", world / "tokenizer")
+    shutil.copy(sft_data, world / "sft.jsonl")
+    shutil.copy(sft_data, world / "b_eval.jsonl")
+    cfg = build_config(overrides=[f"paths.init={good / 'model'}", f"paths.world={world}",
+                                  f"paths.out={tmp_path / 'run'}"])  # fmt: skip
+    assert resolve_paths(cfg, "sft").paths.tokenizer == str(good / "model")
+    assert f"tokenizer: {good / 'model'} (the --init model's)" in capsys.readouterr().out
+    cfg = build_config(overrides=[f"paths.world={world}", f"paths.out={tmp_path / 'run'}"])
+    assert resolve_paths(cfg, "sft").paths.tokenizer == str(world / "tokenizer")
+
+
+def test_model_directory_without_tokenizer_is_a_named_error(good, sft_data, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(good / "model", model)
+    (model / "tokenizer.json").unlink()
+    code, _, err = _train(capsys, "sft", "--init", str(model), "--out", str(tmp_path / "run"),
+                          f"paths.train_data={sft_data}")  # fmt: skip
+    assert code == 2 and f"the --init model {model} has no tokenizer files" in err, err
+    code = main(["eval", "--model", str(model), "--data", str(sft_data)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{model}: no tokenizer files (none of tokenizer.json" in err, err
+    assert len(err.splitlines()) == 1

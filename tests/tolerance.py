@@ -24,3 +24,28 @@ def f32_tol(magnitude: float, reduction: int, depth: int = 1) -> float:
     between two f32 evaluations of a value of size `magnitude` that sums `reduction` terms
     at each of `depth` chained stages."""
     return SLACK * F32_EPS * float(magnitude) * math.sqrt(reduction) * depth
+
+
+def assert_adam_runs_agree(a, b, lr: float, steps: int, max_fraction: float = 0.01) -> None:
+    """Parameters (pytrees of arrays) of two f32 runs of `steps` Adam(W) updates of learning
+    rate `lr` whose gradients differ by rounding only (another sharding, another fusion).
+
+    An Adam step moves an element by lr * m_hat / (sqrt(v_hat) + eps), about lr at most
+    whatever the gradient's size, so an element whose gradient is within rounding of zero
+    may step the other way: every element agrees to 2 * lr * steps (bound 1). Elsewhere the
+    step's relative error is the gradient's, under 1e-3 wherever the gradient exceeds 1000
+    times its rounding; there the parameters agree to f32_tol(|value|, 1, 2 * steps) +
+    1e-3 * lr * steps (bound 2), which all but `max_fraction` of the elements must meet. A
+    wrong gradient (a bad shard, mask or position) changes whole tensors: it breaks bound 2
+    on far more elements than that."""
+    import jax
+
+    xs = [np.asarray(jax.device_get(x), np.float64).ravel() for x in jax.tree.leaves(a)]
+    ys = [np.asarray(jax.device_get(y), np.float64).ravel() for y in jax.tree.leaves(b)]
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    diff = np.abs(x - y)
+    worst = 2.0 * lr * steps * (1 + SLACK * F32_EPS) + f32_tol(np.abs(y).max(), 1, 2 * steps)
+    assert diff.max() <= worst, f"max difference {diff.max():.3g} > 2 * lr * steps = {worst:.3g}"
+    near = SLACK * F32_EPS * np.abs(y) * 2 * steps + 1e-3 * lr * steps
+    far = float(np.mean(diff > near))
+    assert far <= max_fraction, f"{far:.2%} of the elements differ beyond f32 rounding"

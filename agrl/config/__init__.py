@@ -23,12 +23,14 @@ from agrl.config.rl import AdvantageConfig, GuidanceConfig, LossConfig, RewardCo
 from agrl.config.schema import (
     Config,
     DPOConfig,
+    MemoryConfig,
     MeshConfig,
     ModelConfig,
     OptimConfig,
     PathsConfig,
     SamplingConfig,
     SFTConfig,
+    TaskConfig,
     TrainConfig,
 )
 
@@ -39,6 +41,7 @@ __all__ = [
     "DPOConfig",
     "GuidanceConfig",
     "LossConfig",
+    "MemoryConfig",
     "MeshConfig",
     "ModelConfig",
     "OptimConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "RewardConfig",
     "SFTConfig",
     "SamplingConfig",
+    "TaskConfig",
     "TrainConfig",
     "METHOD_PRESETS",
     "apply_overrides",

@@ -139,9 +139,18 @@ class TrainConfig:
     ckpt_every: int = 10
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
     response_order: Literal["label_first", "think_first"] = "label_first"
+    # RL: warn once (stderr) after this many consecutive steps in which every group had zero
+    # reward variance (no gradient); 0 disables
+    zero_variance_warn_steps: int = 20
 
     def __post_init__(self):
         check(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
+        check(
+            self.zero_variance_warn_steps >= 0,
+            "train.zero_variance_warn_steps",
+            self.zero_variance_warn_steps,
+            "must be >= 0 (0 disables the warning)",
+        )
         check(
             self.prompts_per_step >= 1,
             "train.prompts_per_step",
@@ -149,6 +158,29 @@ class TrainConfig:
             "must be >= 1",
         )
         check(self.max_nonfinite >= 1, "train.max_nonfinite", self.max_nonfinite, "must be >= 1")
+
+
+BUILTIN_RULE_BOOKS = ("world", "label_only")  # agrl/task/rulebooks/<name>.toml
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The task definition: which rule book is in force (docs/rulebook.md).
+
+    rule_book: "world" (the relevance world's six verdict dimensions), "label_only" (no
+    verdicts: the response is the label alone) or a path to a TOML rule book; the file is
+    read when a run starts (agrl.task.rules.load_rule_book), so this check stays cheap.
+    """
+
+    rule_book: str = "world"
+
+    def __post_init__(self):
+        check(
+            self.rule_book in BUILTIN_RULE_BOOKS or self.rule_book.endswith(".toml"),
+            "task.rule_book",
+            self.rule_book,
+            f"must be one of {BUILTIN_RULE_BOOKS} or a path to a .toml rule book",
+        )
 
 
 @dataclass(frozen=True)
@@ -187,6 +219,39 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """How a training step trades compute for memory (docs/scaling.md). Neither changes
+    the mathematics: a micro-batched step equals the whole-batch step within f32 rounding.
+
+    micro_batch_rows: rows per device in one forward/backward of an update (SFT, DPO, RL):
+        the step scans over ceil-free micro-batches of this many rows per device and sums
+        the gradients (0: the whole batch at once). The rows per device must be a multiple.
+    remat: what each layer keeps for the backward pass.
+        none    every activation (fastest, most memory)
+        layer   only the layer's input (jax.checkpoint per layer: one extra forward)
+        dots    the matmul outputs (jax.checkpoint_policies.dots_with_no_batch_dims_saveable:
+                norms, activations and attention softmax recomputed)
+    """
+
+    micro_batch_rows: int = 0
+    remat: Literal["none", "layer", "dots"] = "none"
+
+    def __post_init__(self):
+        check(
+            self.micro_batch_rows >= 0,
+            "memory.micro_batch_rows",
+            self.micro_batch_rows,
+            "must be >= 0 (0: the whole batch)",
+        )
+        check(
+            self.remat in ("none", "layer", "dots"),
+            "memory.remat",
+            self.remat,
+            "must be none, layer or dots",
+        )
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """Where a training command reads and writes ("" = not set; the CLI flags fill them)."""
 
@@ -202,6 +267,7 @@ class PathsConfig:
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -212,6 +278,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agrl.task.rules import LABELS, NA, rule_label
+from agrl.task.rules import LABELS, NA, WORLD, RuleBook, rule_label
 
 TIER_BAD, TIER_MID, TIER_GOOD = 0, 1, 2
 TIER_NAMES = ("Bad", "Mid", "Good")
@@ -103,8 +103,9 @@ def _nanmean(x: np.ndarray) -> float:
     return float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
 
 
-def rule_adherent(pred_label, pred_verdicts) -> np.ndarray:
-    """[N] bool: the label was parsed and equals the rule engine's label of its own verdicts.
+def rule_adherent(pred_label, pred_verdicts, book: RuleBook | None = None) -> np.ndarray:
+    """[N] bool: the label was parsed and equals the rule engine's label of its own verdicts
+    (under `book`, default the world's).
 
     This is r_cons of SPEC 4. MISSING verdicts count as n/a, as in the rule engine.
     """
@@ -112,7 +113,7 @@ def rule_adherent(pred_label, pred_verdicts) -> np.ndarray:
     pv = np.asarray(pred_verdicts)
     if pv.ndim != 2 or pv.shape[0] != len(pred):
         raise ValueError(f"pred_verdicts: expected [{len(pred)}, R], got {pv.shape}")
-    return (pred > 0) & (rule_label(pv, np) == pred)
+    return (pred > 0) & (rule_label(pv, np, book) == pred)
 
 
 def classification_metrics(
@@ -123,6 +124,7 @@ def classification_metrics(
     pred_verdicts=None,
     gold_verdicts=None,
     format_ok=None,
+    book: RuleBook | None = None,
 ) -> dict[str, Any]:
     """All SPEC 7 metrics of one set of predictions.  pred_label [N] in 0..4, gold [N] in 1..4.
 
@@ -131,8 +133,11 @@ def classification_metrics(
       c in 1..4, macro_f1, good_precision / good_recall / good_f1, ordinal_mae, confusion
       ([4][5] list), and when the inputs are given: rule_adherence (pred_verdicts),
       step_accuracy and step_accuracy_applies (both verdicts), format_ok_rate (format_ok),
-      accuracy_by_type and count_by_type (query_type).
+      accuracy_by_type and count_by_type (query_type). Under a label-only rule book
+      (`book` without dimensions) rule_adherence and step_accuracy* are absent (omitted).
     """
+    if not (WORLD if book is None else book).has_rules:
+        pred_verdicts = gold_verdicts = None
     pred = _labels(pred_label, "pred_label", 0)
     n = len(pred)
     if n == 0:
@@ -160,7 +165,7 @@ def classification_metrics(
     out["ordinal_mae"] = float(dist.mean())
     out["confusion"] = confusion_matrix(pred, gold).tolist()
     if pred_verdicts is not None:
-        out["rule_adherence"] = float(rule_adherent(pred, pred_verdicts).mean())
+        out["rule_adherence"] = float(rule_adherent(pred, pred_verdicts, book).mean())
     if pred_verdicts is not None and gold_verdicts is not None:
         scores = step_scores(pred_verdicts, gold_verdicts)
         if len(scores) != n:

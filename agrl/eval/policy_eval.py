@@ -32,6 +32,7 @@ from agrl.task.data import (
     verdict_array,
 )
 from agrl.task.format import parse_batch
+from agrl.task.rules import RuleBook, load_rule_book
 from agrl.task.tokenizer import eos_ids, label_token_variants
 
 
@@ -62,7 +63,7 @@ def evaluate_policy(
     posterior_metrics) when the order is label-first.  predictions: pred_label [N],
     pred_verdicts [N, R], format_ok [N], texts (list), probs [N, 4] (label-first only).
     """
-    order = cfg.train.response_order
+    order, book = cfg.train.response_order, load_rule_book(cfg.task.rule_book)
     pad = int(tok.pad_token_id)
     sampler = _greedy_sampler(cfg.model, cfg.sampling, tuple(eos_ids(tok)), pad)
     prompts = encode_prompts(tok, records, order)
@@ -78,10 +79,10 @@ def evaluate_policy(
         if order == "label_first":
             p = _posterior_fn(cfg.model)(params, jnp.asarray(ids), jnp.asarray(mask), label_ids)
             probs.append(np.asarray(p, np.float64)[:n])
-    labels, verdicts, ok = parse_batch(texts, order)
+    labels, verdicts, ok = parse_batch(texts, order, book)
     gold = np.asarray([r["label"] for r in records], np.int32)
     qtypes = [r.get("query_type", "") for r in records]
-    gold_v = verdict_array(records) if has_verdicts(records) else None
+    gold_v = verdict_array(records, book) if has_verdicts(records) else None
     metrics = classification_metrics(
         labels,
         gold,
@@ -89,6 +90,7 @@ def evaluate_policy(
         pred_verdicts=verdicts,
         gold_verdicts=gold_v,
         format_ok=ok,
+        book=book,
     )
     preds: dict[str, Any] = {
         "pred_label": labels,
@@ -147,19 +149,20 @@ def _group_stats(acc: np.ndarray) -> dict[str, float]:
 
 
 def sample_correct(
-    sampler, params, tok, ids, mask, gold_labels, key, order: str
+    sampler, params, tok, ids, mask, gold_labels, key, order: str, book: RuleBook | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample one chunk of prompts and check the parsed labels against the gold ones.
 
     ids, mask [B, P] (left-padded prompts); gold_labels [n] for the first n <= B prompts
     (the rest is batch padding).  Returns (tokens [n*G, T], mask [n*G, T], correct [n, G]
-    bool) with G = the sampler's group size: parsed and equal to the gold label.
+    bool) with G = the sampler's group size: well formed (under `book`, the rule book in
+    force, default the world's) and equal to the gold label.
     """
     n = len(gold_labels)
     out = sampler(params, ids, mask, key)
     G = out.tokens.shape[0] // ids.shape[0]
     toks, m = np.asarray(out.tokens)[: n * G], np.asarray(out.mask)[: n * G]
-    labels, _, ok = parse_batch(decode_completions(tok, toks, m), order)
+    labels, _, ok = parse_batch(decode_completions(tok, toks, m), order, book)
     return toks, m, (ok & (labels == np.repeat(gold_labels, G))).reshape(n, G)
 
 
@@ -172,12 +175,13 @@ def pass_at_g(params, cfg: Config, tok, records: list[dict], seed: int) -> dict[
     sampler = make_sampler(cfg.model, cfg.sampling, eos_ids=tuple(eos_ids(tok)), pad_id=pad)
     prompts = encode_prompts(tok, records, order)
     bs = max(1, 64 // G)
-    key = jax.random.key(seed)
+    key, book = jax.random.key(seed), load_rule_book(cfg.task.rule_book)
     acc = []
     for start, n, ids, mask in padded_batches(prompts, bs, pad):
         gold = np.asarray([r["label"] for r in records[start : start + n]])
         k = jax.random.fold_in(key, start)
-        acc.append(sample_correct(sampler, params, tok, ids, mask, gold, k, order)[2].mean(1))
+        correct = sample_correct(sampler, params, tok, ids, mask, gold, k, order, book)[2]
+        acc.append(correct.mean(1))
     acc_all = np.concatenate(acc)
     types = np.asarray([r.get("query_type", "") for r in records], dtype=object)
     by_type = {t: _group_stats(acc_all[types == t]) for t in sorted(set(types.tolist()))}

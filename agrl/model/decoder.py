@@ -63,6 +63,11 @@ __all__ = [
 
 UNROLL_MAX_LAYERS = 8  # deeper models scan rolled (compile time independent of depth)
 ACT = ("batch", "length", "act_embed")  # logical axes of the residual stream
+# memory.remat -> what a layer saves for the backward pass (None: only its input).
+REMAT_POLICIES = {
+    "layer": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _unroll(cfg: ModelConfig) -> int:
@@ -100,13 +105,15 @@ def hidden_states(
     mask: jax.Array,
     cache: KVCache | None = None,
     mesh=None,
+    remat: str = "none",
 ) -> tuple[jax.Array, KVCache | None]:
     """Final-normed hidden states [B, S, D] (and the updated cache).
 
     ids, positions: [B, S] int32; mask: [B, S] bool, which tokens are real (keys).  Query i
     attends key j iff key j is valid and j <= i.  With a cache: `cached_hidden_states` of
     `fuse_params(params)`.  With a mesh, the residual stream is constrained to
-    ("batch", "length", "act_embed") after every layer.
+    ("batch", "length", "act_embed") after every layer.  `remat` (memory.remat: none,
+    layer, dots) wraps each layer in jax.checkpoint with that policy (REMAT_POLICIES).
     """
     if cache is not None:
         return cached_hidden_states(
@@ -125,6 +132,8 @@ def hidden_states(
         x, _ = block(fuse_layer(lp, cfg), cfg, x, rope_cs, attend)
         return constrain(x, ACT, mesh), None
 
+    if remat != "none":
+        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat])
     x, _ = jax.lax.scan(step, x, p["layers"], unroll=_unroll(cfg))
     return rms_norm(x, p["final_norm"], cfg.rms_norm_eps), None
 
@@ -202,6 +211,7 @@ def completion_logps(
     temperature: float = 1.0,
     return_entropy: bool = False,
     mesh=None,
+    remat: str = "none",
 ):
     """log pi(y_t | x, y_<t) of the completion tokens.  Differentiable.
 
@@ -211,11 +221,12 @@ def completion_logps(
     (not on the prompt: most of the vocab FLOPs of a long prompt are skipped).
     logp_t = log_softmax(z_t / temperature)[y_t]; entropy_t = -sum_v p_v log p_v.
     Returns logps [N, T] f32 (0 where completion_mask is False) and, if asked, entropy [N, T].
+    remat: the layers' rematerialisation policy (`hidden_states`).
     """
     ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
     mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
     positions = positions_from_mask(mask)
-    h, _ = hidden_states(params, cfg, ids, positions, mask, mesh=mesh)
+    h, _ = hidden_states(params, cfg, ids, positions, mask, mesh=mesh, remat=remat)
     P, T = prompt_ids.shape[1], completion_ids.shape[1]
     h = h[:, P - 1 : P + T - 1]  # [N, T, D]
     z = logits_from_hidden(params, cfg, h) / temperature  # [N, T, V]

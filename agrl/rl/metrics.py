@@ -10,7 +10,7 @@ Names are documented in docs/training.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from agrl.rl.rewards import COMPONENTS
 from agrl.rl.types import Rollout
@@ -33,15 +33,25 @@ DERIVED = (
 
 
 def rl_metrics(
-    rollout: Rollout, updates: Sequence[Mapping[str, float]], *, guidance_enabled: bool
+    rollout: Rollout,
+    updates: Sequence[Mapping[str, float]],
+    *,
+    guidance_enabled: bool,
+    absent: Collection[str] = (),
 ) -> dict[str, float]:
     """Floats of one iteration: rewards and AGR of the rollout, then the mu updates' aux.
 
     updates: per update, {"loss", "grad_norm", "skipped"} and the loss aux (host scalars).
+    absent: reward components left out (rewards.absent_components: r_step and r_cons of a
+    label-only rule book).
     """
     reward, g = rollout.reward, rollout.guided  # [N], [N]
     group_guided = g.reshape(len(rollout.levels), -1).any(axis=1)  # [B]
-    m = {f"reward/{k}": float(rollout.components[:, i].mean()) for i, k in enumerate(COMPONENTS)}
+    m = {
+        f"reward/{k}": float(rollout.components[:, i].mean())
+        for i, k in enumerate(COMPONENTS)
+        if k not in absent
+    }
     m.update(
         reward=float(reward.mean()),
         accuracy=float(rollout.acc_unguided.mean()),

@@ -22,12 +22,21 @@ from agrl.rl.advantages import compute_advantages, group_stats
 from agrl.rl.guidance import build_forced_prefixes, is_triggered, select_guided_slots
 from agrl.rl.rewards import component, compute_rewards
 from agrl.rl.types import Gold, Parsed, Scores
+from agrl.task.rules import RuleBook
 
 
 def score_and_guide(
-    parsed: Parsed, gold: Gold, levels: jax.Array, *, cfg: Config, pad_id: int, slots: int
+    parsed: Parsed,
+    gold: Gold,
+    levels: jax.Array,
+    *,
+    cfg: Config,
+    pad_id: int,
+    slots: int,
+    book: RuleBook | None = None,
 ) -> Scores:
-    """Scores of N = B * G rollouts, in row order b * G + g.  Pure; cfg, pad_id, slots static.
+    """Scores of N = B * G rollouts, in row order b * G + g.  Pure; cfg, pad_id, slots and
+    book (the rule book in force, default the world's) static.
 
     parsed: [N] / [N, R] arrays; gold: [B] / [B, R] / [B, Lg] per prompt; levels [B] int32,
     the prompts' guidance levels. reward, components = RRS (rewards.compute_rewards);
@@ -39,7 +48,7 @@ def score_and_guide(
     G = cfg.sampling.group_size
     rep = functools.partial(jnp.repeat, repeats=G, axis=0)
     reward, comps = compute_rewards(
-        *parsed, rep(gold.label), rep(gold.verdicts), rep(gold.has_verdicts), cfg.reward
+        *parsed, rep(gold.label), rep(gold.verdicts), rep(gold.has_verdicts), cfg.reward, book
     )
     rewards_bg = reward.reshape(-1, G)
     stats = group_stats(
@@ -64,10 +73,10 @@ def score_and_guide(
     )
 
 
-def make_scorer(cfg: Config, pad_id: int) -> Callable[..., Scores]:
+def make_scorer(cfg: Config, pad_id: int, book: RuleBook | None = None) -> Callable[..., Scores]:
     """jit(parsed, gold, levels, slots=...) -> Scores, `slots` static (two compilations:
     the unguided group with the slot budget, the mixed group with 0)."""
-    fn = functools.partial(score_and_guide, cfg=cfg, pad_id=pad_id)
+    fn = functools.partial(score_and_guide, cfg=cfg, pad_id=pad_id, book=book)
     return jax.jit(fn, static_argnames=("slots",))
 
 

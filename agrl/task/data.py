@@ -2,8 +2,9 @@
 
 Schema (docs/data.md): one JSON object per line with
     query (str), item (str), label (int 1..4)              required
-    id (str, unique; default "line-<n>"), query_type, verdicts (dim -> code name, all R
-    dims, consistent with the label by the rule engine), rationale, response,
+    id (str, unique; default "line-<n>"), query_type, verdicts (dim -> value name, every
+    dimension of the rule book in force, consistent with the label by its rules),
+    rationale, response,
     gold_response (str), meta (object, free-form)          optional
 Every problem raises DataError "<path>:<line>: field '<field>': <problem>"; nothing is
 silently dropped (blank lines are not records and are skipped).
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agrl.task.format import Order, render_prompt
-from agrl.task.rules import ALLOWED_CODES, CODE_NAMES, CODE_OF_NAME, DIMS, rule_label
+from agrl.task.rules import WORLD, RuleBook, rule_label
 
 QUERY_TYPES: tuple[str, ...] = ("plain", "attribute", "negation", "alternative", "qa", "knowledge")
 
@@ -41,7 +42,7 @@ class DataError(ValueError):
         super().__init__(f"{path}:{line}: field '{field}': {problem}")
 
 
-def _validate(rec, path, line: int, require_label: bool = True) -> dict:
+def _validate(rec, path, line: int, book: RuleBook, require_label: bool = True) -> dict:
     """Check one parsed line; return the record with `verdicts` normalised."""
     if not isinstance(rec, dict):
         raise DataError(path, line, "<record>", f"must be a JSON object, got {type(rec).__name__}")
@@ -78,7 +79,7 @@ def _validate(rec, path, line: int, require_label: bool = True) -> dict:
         raise DataError(path, line, "label", f"must be 1..4, got {label}")
     rec = _validate_optional(rec, path, line)
     if "verdicts" in rec:
-        rec = {**rec, "verdicts": _validate_verdicts(rec["verdicts"], label, path, line)}
+        rec = {**rec, "verdicts": _validate_verdicts(rec["verdicts"], label, path, line, book)}
     return rec
 
 
@@ -94,34 +95,41 @@ def _validate_optional(rec: dict, path, line: int) -> dict:
     return rec
 
 
-def _validate_verdicts(verdicts, label: int, path, line: int) -> dict[str, str]:
+def _validate_verdicts(verdicts, label: int, path, line: int, book: RuleBook) -> dict[str, str]:
     if not isinstance(verdicts, dict):
-        raise DataError(path, line, "verdicts", "must be an object {dimension: code}")
+        raise DataError(path, line, "verdicts", "must be an object {dimension: value}")
     for dim in verdicts:
-        if dim not in DIMS:
-            raise DataError(path, line, f"verdicts.{dim}", f"unknown dimension; one of {DIMS}")
+        if dim not in book.dims:
+            raise DataError(
+                path, line, f"verdicts.{dim}",
+                f"unknown dimension; rule book {book.name!r} has {book.dims}",
+            )  # fmt: skip
     codes = []
-    for dim in DIMS:
+    for i, dim in enumerate(book.dims):
         if dim not in verdicts:
             raise DataError(path, line, f"verdicts.{dim}", "missing (all dimensions required)")
         name = verdicts[dim]
-        allowed = sorted(CODE_NAMES[c] for c in ALLOWED_CODES[dim])
-        if not isinstance(name, str) or CODE_OF_NAME.get(name) not in ALLOWED_CODES[dim]:
+        allowed = sorted(book.allowed_names(dim))
+        if not isinstance(name, str) or book.code_of(name) not in book.allowed[i]:
             raise DataError(path, line, f"verdicts.{dim}", f"{name!r} is not one of {allowed}")
-        codes.append(CODE_OF_NAME[name])
-    implied = int(rule_label(np.asarray(codes)))
+        codes.append(book.code_of(name))
+    implied = int(rule_label(np.asarray(codes, np.int32).reshape(book.R), book=book))
     if implied != label:
         raise DataError(
             path, line, "verdicts", f"imply label {implied} by the rule engine, but label={label}"
         )
-    return {dim: verdicts[dim] for dim in DIMS}
+    return {dim: verdicts[dim] for dim in book.dims}
 
 
-def load_records(path: str | Path, require_label: bool = True) -> list[dict]:
+def load_records(
+    path: str | Path, book: RuleBook | None = None, require_label: bool = True
+) -> list[dict]:
     """Read and validate a JSONL file; every record gets an `id` (default "line-<n>").
+    `verdicts` are checked against `book` (the rule book in force; default the world's).
 
     require_label=False accepts records without `label` (input to `agrl score`); every
     other check is the same, and a label that is present is checked as usual."""
+    book = WORLD if book is None else book
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -144,7 +152,7 @@ def load_records(path: str | Path, require_label: bool = True) -> list[dict]:
             raise DataError(
                 path, n, "<json>", f"invalid JSON: {e.msg} (column {e.colno})"
             ) from None
-        rec = _validate(rec, path, n, require_label)
+        rec = _validate(rec, path, n, book, require_label)
         rec.setdefault("id", f"line-{n}")
         if rec["id"] in first_line_of:
             raise DataError(
@@ -165,11 +173,19 @@ def has_verdicts(records: Sequence[dict]) -> bool:
     return bool(records) and all("verdicts" in r for r in records)
 
 
-def verdict_array(records: Sequence[dict]) -> np.ndarray:
-    """Gold verdict codes [N, R] int32 of records that all have verdicts."""
+def verdict_array(records: Sequence[dict], book: RuleBook | None = None) -> np.ndarray:
+    """Gold verdict codes [N, R] int32 of records that all have verdicts (under `book`)."""
+    book = WORLD if book is None else book
     return np.asarray(
-        [[CODE_OF_NAME[r["verdicts"][d]] for d in DIMS] for r in records], dtype=np.int32
-    ).reshape(len(records), len(DIMS))
+        [[book.code_of(r["verdicts"][d]) for d in book.dims] for r in records], dtype=np.int32
+    ).reshape(len(records), book.R)
+
+
+def has_supervision(records: Sequence[dict]) -> bool:
+    """True when any record carries more than its label: verdicts, a rationale, a response
+    or a gold response (else only a label-only rule book can be learned from the data)."""
+    extra = ("verdicts", "rationale", "response", "gold_response")
+    return any(any(k in r for k in extra) for r in records)
 
 
 # ----------------------------------------------------------------------------- tokens

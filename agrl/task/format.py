@@ -15,29 +15,24 @@ guided replay forces the gold label there. Every text is single-space-separated 
 (markers included), so a word-level tokenizer decodes it back exactly; Qwen/Llama
 tokenizers also encode "1".."4" at the start of a response as one token each.
 
+Verdict dimensions, value names and rule names come from the rule book in force (every
+function takes `book`, default the world's, agrl.task.rules); a label-only book (no
+dimensions) writes the label alone: response = "<L> </label>", label-first only.
+
 The parser is tolerant: it never raises, accepts missing spaces around markers and a
 trailing end-of-sequence marker, and reports what it could read plus a format-ok flag.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
 
-from agrl.task.rules import (
-    ALLOWED_CODES,
-    CODE_NAMES,
-    CODE_OF_NAME,
-    DIM_INDEX,
-    DIMS,
-    MISSING,
-    R,
-    deciding_rule,
-    rule_label,
-)
+from agrl.task.rules import MISSING, WORLD, RuleBook, deciding_rule, rule_label
 
 Order = Literal["label_first", "think_first"]
 ORDERS: tuple[str, ...] = ("label_first", "think_first")
@@ -47,24 +42,22 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 QUERY_TAG, ITEM_TAG, SEP, ARROW = "query:", "item:", "|", "->"
 # End-of-sequence texts a decoder may leave at the end of a response (ours and HF ones).
 END_MARKERS: tuple[str, ...] = ("<eos>", "</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>")
-# Every fixed word the format itself writes (the tokenizer's vocabulary includes them).
-FORMAT_WORDS: tuple[str, ...] = (
-    LABEL_OPEN,
-    LABEL_CLOSE,
-    THINK_OPEN,
-    THINK_CLOSE,
-    QUERY_TAG,
-    ITEM_TAG,
-    SEP,
-    ARROW,
-    "1",
-    "2",
-    "3",
-    "4",
-    *(f"{d}={CODE_NAMES[c]}" for d in DIMS for c in sorted(ALLOWED_CODES[d])),
-    *(f"rule={name}" for name in ("category", "accessory", "brand", "negation", "need")),
-    *(f"rule={name}" for name in ("audience", "attributes", "alternative", "all-match")),
-)
+
+
+def format_words(book: RuleBook | None = None) -> tuple[str, ...]:
+    """Every fixed word the format writes under `book` (a word tokenizer's vocabulary needs
+    them): markers, labels, every "dim=value" the book allows and every "rule=name"."""
+    book = WORLD if book is None else book
+    return (
+        LABEL_OPEN, LABEL_CLOSE, THINK_OPEN, THINK_CLOSE, QUERY_TAG, ITEM_TAG, SEP, ARROW,
+        "1", "2", "3", "4",
+        *(f"{d}={book.code_names[c]}" for i, d in enumerate(book.dims) for c in book.allowed[i]),
+        *(f"rule={name}" for name in (book.rule_names() if book.has_rules else ())),
+    )  # fmt: skip
+
+
+# The world book's format words.
+FORMAT_WORDS: tuple[str, ...] = format_words(WORLD)
 
 
 class Parsed(NamedTuple):
@@ -92,14 +85,28 @@ def render_prompt(query: str, item: str, order: Order = "label_first") -> str:
     return f"{QUERY_TAG} {_words(query)} {ITEM_TAG} {_words(item)} {opener}"
 
 
-def render_rationale(verdicts: Sequence[int], query_summary: str, item_summary: str) -> str:
+def check_order(book: RuleBook | None, order: str) -> None:
+    """ValueError unless `order` is known and usable with the book: a label-only book has
+    no rationale to think about first, so it is label-first only."""
+    _check_order(order)
+    if order == "think_first" and not (WORLD if book is None else book).has_rules:
+        raise ValueError(
+            f"train.response_order=think_first: the rule book {book.name!r} has no verdict "
+            "dimensions (nothing to think about before the label); use label_first"
+        )
+
+
+def render_rationale(
+    verdicts: Sequence[int], query_summary: str, item_summary: str, book: RuleBook | None = None
+) -> str:
     """The rationale text.  verdicts: [R] codes. Rule name and label come from the engine."""
-    v = np.asarray(verdicts, dtype=np.int32).reshape(R)
-    stated = " ".join(f"{d}={CODE_NAMES[int(v[i])]}" for i, d in enumerate(DIMS))
-    engine_label = int(rule_label(v))
+    book = WORLD if book is None else book
+    v = np.asarray(verdicts, dtype=np.int32).reshape(book.R)
+    stated = " ".join(f"{d}={book.code_names[int(v[i])]}" for i, d in enumerate(book.dims))
+    engine_label = int(rule_label(v, book=book))
     return (
         f"{QUERY_TAG} {_words(query_summary)} {SEP} {ITEM_TAG} {_words(item_summary)} {SEP} "
-        f"{stated} {SEP} rule={deciding_rule(v)} {ARROW} {engine_label}"
+        f"{stated} {SEP} rule={deciding_rule(v, book)} {ARROW} {engine_label}"
     )
 
 
@@ -109,16 +116,27 @@ def render_response(
     query_summary: str,
     item_summary: str,
     order: Order = "label_first",
+    book: RuleBook | None = None,
 ) -> str:
     """A full response (no end-of-sequence token: the tokenizer helpers append eos).
 
     `label` is the stated label; the rationale states the engine's label for `verdicts`,
-    so a gold response (label == rule_label(verdicts)) is consistent with itself.
+    so a gold response (label == rule_label(verdicts)) is consistent with itself. A
+    label-only book renders the label alone (`label_response`).
     """
-    _check_order(order)
+    book = WORLD if book is None else book
+    check_order(book, order)
     if int(label) not in (1, 2, 3, 4):
         raise ValueError(f"label={label!r}: must be 1..4")
-    return assemble_response(label, render_rationale(verdicts, query_summary, item_summary), order)
+    if not book.has_rules:
+        return label_response(label)
+    rationale = render_rationale(verdicts, query_summary, item_summary, book)
+    return assemble_response(label, rationale, order)
+
+
+def label_response(label: int) -> str:
+    """The label-only response "<L> </label>" (label-first; what a label-only book writes)."""
+    return f"{int(label)} {LABEL_CLOSE}"
 
 
 def assemble_response(label: int, rationale: str, order: Order = "label_first") -> str:
@@ -131,17 +149,40 @@ def assemble_response(label: int, rationale: str, order: Order = "label_first") 
     return f"{rationale} {THINK_CLOSE} {LABEL_OPEN} {int(label)} {LABEL_CLOSE}"
 
 
-_VERDICT_RE = re.compile(
-    r"(?<![\w-])(" + "|".join(DIMS) + r")\s*=\s*([A-Za-z/]+)",
-)
+def gold_text(record: dict, order: Order = "label_first", book: RuleBook | None = None) -> str:
+    """The gold response of a record: `gold_response`, else its label with its `rationale`
+    (`assemble_response`), else the label alone (`label_response`)."""
+    if record.get("gold_response"):
+        return record["gold_response"]
+    if record.get("rationale"):
+        return assemble_response(record["label"], record["rationale"], order)
+    check_order(book, order)
+    return label_response(record["label"])
+
+
+def has_gold_rationale(record: dict) -> bool:
+    """Whether the record's gold response goes past the label (guidance can force more)."""
+    return bool(record.get("gold_response") or record.get("rationale"))
+
+
 _LABEL_FIRST_RE = re.compile(
     r"\A\s*(?:<label>\s*)?([1-4])\s*</label>\s*<think>(.*)</think>\s*\Z", re.DOTALL
+)
+# Label-only books: the label, optionally followed by a free-form rationale.
+_LABEL_ONLY_RE = re.compile(
+    r"\A\s*(?:<label>\s*)?([1-4])\s*</label>(?:\s*<think>.*</think>)?\s*\Z", re.DOTALL
 )
 _LABEL_FIRST_HEAD_RE = re.compile(r"\A\s*(?:<label>\s*)?([1-4])(?![0-9])")
 _THINK_FIRST_RE = re.compile(
     r"\A\s*(?:<think>)?(.*)</think>\s*<label>\s*([1-4])\s*</label>\s*\Z", re.DOTALL
 )
 _THINK_FIRST_LABEL_RE = re.compile(r"<label>\s*([1-4])(?![0-9])")
+
+
+@functools.lru_cache(maxsize=16)
+def _verdict_re(book: RuleBook) -> re.Pattern:
+    dims = sorted(book.dims, key=len, reverse=True)  # longest first: "fitness" before "fit"
+    return re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, dims)) + r")\s*=\s*([A-Za-z/]+)")
 
 
 def _strip_end(text: str) -> str:
@@ -156,17 +197,19 @@ def _strip_end(text: str) -> str:
     return text
 
 
-def _parse_verdicts(body: str) -> tuple[np.ndarray, bool]:
+def _parse_verdicts(body: str, book: RuleBook) -> tuple[np.ndarray, bool]:
     """Verdict codes [R] int32 stated in `body`, and whether each dim is stated once, validly."""
-    verdicts = np.full((R,), MISSING, dtype=np.int32)
-    seen = np.zeros((R,), dtype=np.int32)
+    verdicts = np.full((book.R,), MISSING, dtype=np.int32)
+    if not book.has_rules:
+        return verdicts, True
+    seen = np.zeros((book.R,), dtype=np.int32)
     ok = True
-    for m in _VERDICT_RE.finditer(body):
+    for m in _verdict_re(book).finditer(body):
         dim, name = m.group(1), m.group(2).lower()
-        i = DIM_INDEX[dim]
+        i = book.dim_index(dim)
         seen[i] += 1
-        code = CODE_OF_NAME.get(name)
-        if code is None or code not in ALLOWED_CODES[dim]:
+        code = book.code_of(name)
+        if code is None or code not in book.allowed[i]:
             ok = False
             continue
         if seen[i] == 1:
@@ -175,39 +218,48 @@ def _parse_verdicts(body: str) -> tuple[np.ndarray, bool]:
     return verdicts, ok
 
 
-def parse_response(text: str, order: Order = "label_first") -> Parsed:
+def parse_response(text: str, order: Order = "label_first", book: RuleBook | None = None) -> Parsed:
     """Parse one response; never raises on any string.
 
     format_ok requires the full structure (label, closing markers, every dim stated exactly
-    once with a code allowed for it, nothing after the last marker but an end marker).
-    The label and verdicts are read as far as possible even when the format is broken.
+    once with a code allowed for it, nothing after the last marker but an end marker); a
+    label-only book asks for the label structure only ("<L> </label>", optionally followed
+    by "<think> ... </think>"). The label and verdicts are read as far as possible even
+    when the format is broken.
     """
+    book = WORLD if book is None else book
     if not isinstance(text, str):
-        return Parsed(0, np.full((R,), MISSING, dtype=np.int32), False)
+        return Parsed(0, np.full((book.R,), MISSING, dtype=np.int32), False)
     body = _strip_end(text)
     if order == "think_first":
         full = _THINK_FIRST_RE.match(body)
         if full:
-            verdicts, ok = _parse_verdicts(full.group(1))
+            verdicts, ok = _parse_verdicts(full.group(1), book)
             return Parsed(int(full.group(2)), verdicts, ok)
         labels = _THINK_FIRST_LABEL_RE.findall(body)
-        verdicts, _ = _parse_verdicts(body)
+        verdicts, _ = _parse_verdicts(body, book)
         return Parsed(int(labels[-1]) if labels else 0, verdicts, False)
-    full = _LABEL_FIRST_RE.match(body)
-    if full:
-        verdicts, ok = _parse_verdicts(full.group(2))
-        return Parsed(int(full.group(1)), verdicts, ok)
+    if not book.has_rules:
+        full = _LABEL_ONLY_RE.match(body)
+        if full:
+            return Parsed(int(full.group(1)), np.zeros((0,), np.int32), True)
+    else:
+        full = _LABEL_FIRST_RE.match(body)
+        if full:
+            verdicts, ok = _parse_verdicts(full.group(2), book)
+            return Parsed(int(full.group(1)), verdicts, ok)
     head = _LABEL_FIRST_HEAD_RE.match(body)
-    verdicts, _ = _parse_verdicts(body)
+    verdicts, _ = _parse_verdicts(body, book)
     return Parsed(int(head.group(1)) if head else 0, verdicts, False)
 
 
 def parse_batch(
-    texts: Sequence[str], order: Order = "label_first"
+    texts: Sequence[str], order: Order = "label_first", book: RuleBook | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse N responses -> (labels [N] int32, verdicts [N, R] int32, format_ok [N] bool)."""
-    parsed = [parse_response(t, order) for t in texts]
+    book = WORLD if book is None else book
+    parsed = [parse_response(t, order, book) for t in texts]
     labels = np.asarray([p.label for p in parsed], dtype=np.int32).reshape(len(parsed))
-    verdicts = np.stack([p.verdicts for p in parsed]) if parsed else np.zeros((0, R), np.int32)
+    verdicts = np.stack([p.verdicts for p in parsed]) if parsed else np.zeros((0, book.R), np.int32)
     ok = np.asarray([p.format_ok for p in parsed], dtype=bool).reshape(len(parsed))
     return labels, verdicts.astype(np.int32), ok

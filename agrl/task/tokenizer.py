@@ -60,19 +60,33 @@ def build_tokenizer(texts_or_vocab: Iterable[str], out_dir: str | Path) -> PreTr
     return load_tokenizer(out)
 
 
+# A directory holds a tokenizer when it has one of these (the vocabulary of a fast, a
+# SentencePiece, a BPE or a WordPiece tokenizer); tokenizer_config.json alone is not one.
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 class TokenizerError(ValueError):
-    """A tokenizer directory that is missing or cannot serve the judge format."""
+    """A tokenizer directory that is missing or holds no tokenizer; names the path."""
+
+
+def has_tokenizer_files(path: str | Path) -> bool:
+    """Whether the directory `path` holds a tokenizer (one of TOKENIZER_FILES)."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load any local Hugging Face tokenizer directory, offline."""
-    d = Path(path)
-    if d.is_dir() and not any((d / f).is_file() for f in TOKENIZER_FILES):
+    """Load any local Hugging Face tokenizer directory, offline; a missing directory or one
+    without tokenizer files is a TokenizerError naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise TokenizerError(f"{p}: tokenizer directory not found")
+    if p.is_dir() and not has_tokenizer_files(p):
         raise TokenizerError(
-            f"{d}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy the "
-            "tokenizer of the model next to config.json"
+            f"{p}: no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer next to the model or name one with paths.tokenizer=DIR"
         )
-    return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def label_token_ids(tok: PreTrainedTokenizerBase) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from agrl.config import Config, OptimConfig, config_to_dict
+from agrl.config import Config, ConfigError, ModelConfig, OptimConfig, config_to_dict
 from agrl.eval.policy_eval import evaluate_policy
-from agrl.model import init_params, load_pretrained
+from agrl.model import config_from_hf, init_params, load_pretrained
 from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
-from agrl.task.data import (
-    load_records,
-)
+from agrl.task.data import has_supervision, load_records
+from agrl.task.format import check_order
+from agrl.task.rules import RuleBook, load_rule_book
+from agrl.task.tokenizer import TOKENIZER_FILES, has_tokenizer_files
 from agrl.train.checkpoint import CheckpointManager
 from agrl.train.export import export_model
 from agrl.train.metrics_log import MetricsLogger
@@ -30,7 +33,10 @@ class RunError(RuntimeError):
 
 
 def resolve_paths(cfg: Config, stage: str) -> Config:
-    """Fill default paths from paths.world and check them before any training starts."""
+    """Fill default paths from paths.world and check them before any training starts; the
+    model config then comes from paths.init (`resolve_model`). The tokenizer is
+    paths.tokenizer, else the --init model's own (when its directory has tokenizer files),
+    else <world>/tokenizer; a start-up line says which."""
     p = cfg.paths
     world = Path(p.world) if p.world else None
     default_train = {"sft": "sft.jsonl", "dpo": "sft.jsonl", "rl": "rl.jsonl"}[stage]
@@ -42,15 +48,23 @@ def resolve_paths(cfg: Config, stage: str) -> Config:
             return ""
         return str(world / default)
 
+    init_tok = p.init if p.init and has_tokenizer_files(p.init) else ""
+    source = "paths.tokenizer" if p.tokenizer else "the --init model's" if init_tok else "--world"
     p = dataclasses.replace(
         p,
-        tokenizer=pick(p.tokenizer, "tokenizer"),
+        tokenizer=p.tokenizer or init_tok or pick("", "tokenizer"),
         train_data=pick(p.train_data, default_train),
         eval_data=pick(p.eval_data, "b_eval.jsonl"),
         ref=p.ref or p.init,
     )
     if not p.out:
         raise RunError("paths.out is not set (use --out DIR)")
+    if not p.tokenizer and p.init and Path(p.init).is_dir():
+        raise RunError(
+            f"paths.tokenizer is not set and the --init model {p.init} has no tokenizer "
+            f"files (none of {', '.join(TOKENIZER_FILES)}); give --world DIR or "
+            "paths.tokenizer=DIR"
+        )
     for name in ("tokenizer", "train_data"):
         value = getattr(p, name)
         if not value:
@@ -64,7 +78,61 @@ def resolve_paths(cfg: Config, stage: str) -> Config:
         if value and not Path(value).exists():
             raise RunError(f"paths.{name}={value}: not found")
     check_writable(Path(p.out))
-    return dataclasses.replace(cfg, paths=p)
+    cfg = resolve_model(dataclasses.replace(cfg, paths=p))
+    if is_main_process():
+        tqdm.write(f"tokenizer: {cfg.paths.tokenizer} ({source})")
+    return cfg
+
+
+# Model fields that are runtime choices, not architecture: given with --init they replace
+# the checkpoint's values (e.g. bfloat16 compute on an accelerator, float32 on a CPU).
+RUNTIME_MODEL_FIELDS: tuple[str, ...] = ("param_dtype", "compute_dtype", "max_position_embeddings")
+
+
+def init_model_config(
+    current: ModelConfig, ckpt: ModelConfig, init: str, given: Collection[str] | None = None
+) -> ModelConfig:
+    """The model config of a run that starts from the checkpoint `init` (whose config.json
+    gives `ckpt`): the checkpoint's architecture with the runtime choices
+    (RUNTIME_MODEL_FIELDS) of `current` that were given; an architecture field given with a
+    value the checkpoint does not have is a ConfigError.
+
+    given: the model fields the user set (the CLI knows them). None (API callers): when
+    `current` has the checkpoint's architecture it describes this checkpoint and all its
+    runtime choices stand; otherwise the fields that differ from ModelConfig's defaults
+    count as given.
+    """
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    arch = [n for n in names if n not in RUNTIME_MODEL_FIELDS]
+    if given is None:
+        if all(getattr(current, n) == getattr(ckpt, n) for n in arch):
+            given = RUNTIME_MODEL_FIELDS
+        else:
+            default = ModelConfig()
+            given = [n for n in names if getattr(current, n) != getattr(default, n)]
+    bad = [n for n in arch if n in given and getattr(current, n) != getattr(ckpt, n)]
+    if bad:
+        said = ", ".join(
+            f"model.{n}={getattr(current, n)!r} (the checkpoint has {getattr(ckpt, n)!r})"
+            for n in bad
+        )
+        raise ConfigError(
+            f"{said}: contradicts the architecture of --init {init}; drop the override "
+            "(with --init the architecture comes from the checkpoint; only "
+            f"{', '.join('model.' + n for n in RUNTIME_MODEL_FIELDS)} may be set)"
+        )
+    return dataclasses.replace(
+        ckpt, **{n: getattr(current, n) for n in RUNTIME_MODEL_FIELDS if n in given}
+    )
+
+
+def resolve_model(cfg: Config, given: Collection[str] | None = None) -> Config:
+    """cfg with the model of paths.init (`init_model_config`; reads config.json only), or
+    cfg itself without paths.init. Idempotent."""
+    if not cfg.paths.init:
+        return cfg
+    ckpt = config_from_hf(cfg.paths.init)
+    return dataclasses.replace(cfg, model=init_model_config(cfg.model, ckpt, cfg.paths.init, given))
 
 
 def check_writable(out: Path) -> None:
@@ -83,8 +151,72 @@ def load_policy(cfg: Config, key: jax.Array) -> tuple[Any, Config]:
     random init of cfg.model when paths.init is empty."""
     if not cfg.paths.init:
         return init_params(cfg.model, key), cfg
-    params, model_cfg = load_pretrained(cfg.paths.init)
-    return params, dataclasses.replace(cfg, model=model_cfg)
+    cfg = resolve_model(cfg)
+    params, _ = load_pretrained(cfg.paths.init, param_dtype=cfg.model.param_dtype)
+    return params, cfg
+
+
+def load_reference(cfg: Config, params) -> Any:
+    """The reference policy: `params` when paths.ref is paths.init, else paths.ref's
+    weights in the policy's param_dtype."""
+    if cfg.paths.ref == cfg.paths.init:
+        return params
+    return load_pretrained(cfg.paths.ref, param_dtype=cfg.model.param_dtype)[0]
+
+
+def _line_of(path: str, rec_id: str) -> int | None:
+    """The line of the record `rec_id` in a JSONL file (for messages; None if not found)."""
+    try:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and rec.get("id", f"line-{n}") == rec_id:
+                        return n
+    except OSError:
+        return None
+    return None
+
+
+def check_lengths(
+    cfg: Config,
+    path: str,
+    records: Sequence[dict],
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]] | None = None,
+) -> None:
+    """Pre-flight, right after tokenisation and before any compile: every record of a split
+    fits. A sampled split (responses=None: evaluation, DPO mining, RL rollouts): the prompt
+    fits the largest bucket of sampling.prompt_buckets and, with sampling.max_new_tokens
+    generated tokens, model.max_position_embeddings. A teacher-forced split (SFT, with the
+    record's response ids): prompt + response fits model.max_position_embeddings. The first
+    record that does not fit is a RunError naming file, line, id and lengths vs the limit."""
+    bucket, T = cfg.sampling.prompt_buckets[-1], cfg.sampling.max_new_tokens
+    limit = cfg.model.max_position_embeddings
+    problems: list[tuple[int, str]] = []
+    for i, p in enumerate(prompts):
+        n = len(p)
+        if responses is not None:
+            r = len(responses[i])
+            if n + r > limit:
+                why = f"prompt + response have {n} + {r} = {n + r} tokens"
+                problems.append((i, f"{why} > model.max_position_embeddings={limit}"))
+        elif n > bucket:
+            why = f"prompt has {n} tokens > the largest bucket sampling.prompt_buckets[-1]"
+            problems.append((i, f"{why}={bucket}; add a larger bucket"))
+        elif n + T > limit:
+            why = f"prompt + sampling.max_new_tokens = {n} + {T} = {n + T} positions"
+            problems.append((i, f"{why} > model.max_position_embeddings={limit}"))
+    if problems:
+        i, why = problems[0]
+        rec_id = records[i]["id"]
+        line = _line_of(path, rec_id)
+        where = f"{path}:{line}" if line is not None else str(path)
+        more = f" (and {len(problems) - 1} more records)" if len(problems) > 1 else ""
+        raise RunError(f"{where}: record {rec_id!r}: {why}{more}")
 
 
 def check_vocab(cfg: Config, tok) -> None:
@@ -94,6 +226,67 @@ def check_vocab(cfg: Config, tok) -> None:
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
             f"{len(tok)} tokens ({cfg.paths.tokenizer}); set model.vocab_size >= {len(tok)}"
         )
+
+
+def say(line: str) -> None:
+    """A start-up line (process 0 only), above any progress bar."""
+    if is_main_process():
+        tqdm.write(line)
+
+
+def resolve_task(cfg: Config, records: list[dict]) -> tuple[Config, RuleBook]:
+    """The rule book in force for a run on `records` (validated with it by load_task_data).
+
+    When the book has verdict dimensions but no record carries verdicts, a rationale, a
+    response or a gold response, nothing could teach them: the run switches to the
+    label-only book and says so (the returned cfg records the switch in config.json).
+    """
+    book = load_rule_book(cfg.task.rule_book)
+    if book.has_rules and not has_supervision(records):
+        say(
+            f"task: no record of {cfg.paths.train_data} has verdicts, a rationale or a "
+            f"response; the rule book {book.name!r} cannot be learned from labels alone, "
+            "so this run uses task.rule_book=label_only"
+        )
+        task = dataclasses.replace(cfg.task, rule_book="label_only")
+        cfg = dataclasses.replace(cfg, task=task)
+        book = load_rule_book("label_only")
+    try:
+        check_order(book, cfg.train.response_order)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    say(f"task: {book.describe()}")
+    return cfg, book
+
+
+def load_task_data(cfg: Config) -> tuple[Config, RuleBook, list[dict]]:
+    """paths.train_data validated with the configured rule book, then `resolve_task`."""
+    records = load_records(cfg.paths.train_data, load_rule_book(cfg.task.rule_book))
+    cfg, book = resolve_task(cfg, records)
+    return cfg, book, records
+
+
+class ZeroVarianceWatch:
+    """Warns once (stderr) when every group had zero reward variance (so no policy
+    gradient) for `limit` consecutive RL steps; limit 0 never warns."""
+
+    def __init__(self, limit: int):
+        self.limit, self.streak, self.warned = limit, 0, False
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        all_flat = metrics.get("zero_variance_frac_mixed", 0.0) >= 1.0
+        self.streak = self.streak + 1 if all_flat else 0
+        if self.limit and self.streak >= self.limit and not self.warned:
+            self.warned = True
+            if is_main_process():
+                print(
+                    f"agrl: WARNING: at step {step} every group has had zero reward variance "
+                    f"for {self.streak} consecutive steps: no policy gradient, the model is "
+                    "not learning (check the rewards, the data labels and the rule book, or "
+                    "raise sampling.temperature)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 @dataclasses.dataclass
@@ -184,7 +377,9 @@ def optim_with(lr: float, warmup_frac: float, base: OptimConfig) -> OptimConfig:
 def eval_records(cfg: Config) -> list[dict]:
     if not cfg.paths.eval_data:
         return []
-    return load_records(cfg.paths.eval_data)[: cfg.train.eval_size]
+    return load_records(cfg.paths.eval_data, load_rule_book(cfg.task.rule_book))[
+        : cfg.train.eval_size
+    ]
 
 
 def final_eval(out: Path, params, cfg: Config, tok, records) -> dict:

@@ -6,10 +6,12 @@ listed in "nonfinite" (the field is present only when the list is non-empty). Te
 receives the same values (non-finite ones included: TensorBoard shows them as such).
 
 Every line is flushed as soon as it is written, so a killed run loses at most the step in
-flight. Resuming: `MetricsLogger(out_dir, resume_step=k)` drops the lines with step > k
-(those were logged after the checkpoint being resumed from and will be logged again), so
-the file never holds a step twice. TensorBoard event files are append-only; TensorBoard
-itself shows the newest value of a re-logged step.
+flight. Resuming: a checkpoint at step k holds the state after steps 0..k-1, so
+`MetricsLogger(out_dir, resume_step=k)` keeps only the lines with step < k (those logged
+after the checkpoint will be logged again), and `resume_step=0` (a run with no checkpoint,
+fresh or resumed) starts the file afresh; the file never holds a step twice and its steps
+are in order. TensorBoard event files are append-only; TensorBoard itself shows the newest
+value of a re-logged step.
 
 Multi-process: only one process should write. The caller passes
 `enabled=(jax.process_index() == 0)`; a disabled logger accepts every call and writes
@@ -74,11 +76,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """Rewrite `path` keeping only complete records with record["step"] <= step."""
-    if not path.exists():
+def keep_before(path: str | os.PathLike, step: int) -> None:
+    """Rewrite `path` keeping only the complete records with record["step"] < step (the
+    steps a checkpoint at `step` has done); step 0 leaves an empty file."""
+    path = Path(path)
+    if not path.exists() and step > 0:
         return
-    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    kept = [r for r in read_metrics(path) if r["step"] < step] if path.exists() else []
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         for r in kept:
@@ -91,8 +95,9 @@ def _truncate_after(path: Path, step: int) -> None:
 class MetricsLogger:
     """Write step metrics to <out_dir>/metrics.jsonl and TensorBoard events in <out_dir>/tb.
 
-    resume_step: None for a fresh run (an existing metrics.jsonl is appended to as is), or
-    the step restored from a checkpoint (lines with a larger step are dropped first).
+    resume_step: the step the run starts at (a checkpoint at k: the lines with step >= k
+    are dropped first; 0: the file starts afresh), or None to append to an existing
+    metrics.jsonl as is.
     """
 
     def __init__(
@@ -107,7 +112,7 @@ class MetricsLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
-            _truncate_after(self.path, int(resume_step))
+            keep_before(self.path, int(resume_step))
         self._file = open(self.path, "a")
         from tensorboardX import SummaryWriter  # imported lazily: slow, and writers only
 

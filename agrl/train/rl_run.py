@@ -11,19 +11,28 @@ import dataclasses
 from typing import Any
 
 import jax
-from tqdm.auto import tqdm
 
 from agrl.config import Config
-from agrl.model import load_pretrained
 from agrl.model.params import place_params
 from agrl.parallel.distributed import load_on_host
 from agrl.parallel.sharding import make_mesh
 from agrl.rl.guidance import ReplayTable, from_state_dict, init_replay, to_state_dict
-from agrl.rl.rewards import fallback_message
+from agrl.rl.rewards import describe_reward, fallback_message
 from agrl.rl.types import Rollout
-from agrl.task.data import load_records
+from agrl.task.format import has_gold_rationale
+from agrl.task.rules import RuleBook
 from agrl.task.tokenizer import eos_ids, load_tokenizer
-from agrl.train.loop import RunError, check_vocab, key_data, load_policy
+from agrl.train.loop import (
+    check_lengths,
+    check_vocab,
+    key_data,
+    load_policy,
+    load_reference,
+    load_task_data,
+    resolve_model,
+    resolve_task,
+    say,
+)
 from agrl.train.rollout import (
     BatchSampler,
     PromptPool,
@@ -87,23 +96,28 @@ def prepare_rl(
     """Everything an RL run needs, built once; run_rl adds checkpoints, metrics and evals.
 
     tokenizer: default paths.tokenizer. Prompts: `pool`, else built from `records`, else
-    from paths.train_data. Policy: `params` (also the reference), else paths.init (cfg.model
+    from paths.train_data; the rule book is cfg.task.rule_book, switched to label_only when
+    the records carry nothing but labels (agrl.train.loop.resolve_task; RLRun.cfg says
+    which). Policy: `params` (also the reference), else paths.init (cfg.model
     then comes from that directory) with the reference paths.ref (default: the policy).
     eos: the sampler's stop ids (default: the tokenizer's). The mesh is cfg.mesh; policy,
     optimizer state and reference are placed on it by the rules table.
     """
+    if params is None:
+        cfg = resolve_model(cfg)  # the model of paths.init, before the pre-flight checks
     tok = load_tokenizer(cfg.paths.tokenizer) if tokenizer is None else tokenizer
     if pool is None:
-        pool = _rl_pool(
-            cfg, load_records(cfg.paths.train_data) if records is None else records, tok
-        )
+        if records is None:
+            cfg, book, records = load_task_data(cfg)
+        else:
+            cfg, book = resolve_task(cfg, records)
+        pool = _rl_pool(cfg, records, tok, book)
     key = jax.random.key(cfg.train.seed)
     ref_params = params
     if params is None:
         with load_on_host():  # read on the host CPU; each device then receives only its shards
             params, cfg = load_policy(cfg, key)
-            same = cfg.paths.ref == cfg.paths.init
-            ref_params = params if same else load_pretrained(cfg.paths.ref)[0]
+            ref_params = load_reference(cfg, params)
     check_vocab(cfg, tok)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     mesh = make_mesh(cfg.mesh)  # policy, reference, optimizer state and batches follow it
@@ -115,24 +129,25 @@ def prepare_rl(
     return RLRun(cfg, ctx, state, ref_params, init_replay(len(pool)), batches, key)
 
 
-def _rl_pool(cfg: Config, records: list[dict], tok) -> PromptPool:
-    """The prompt pool, after the checks that need the records (AGR's gold responses, the
-    largest prompt bucket); says at start-up when the step reward falls back to labels."""
-    if cfg.guidance.enabled and any("gold_response" not in r for r in records):
-        raise RunError(
-            f"{cfg.paths.train_data}: guided replay (AGR) needs `gold_response` on every "
-            "record; disable it with guidance.enabled=false"
+def _rl_pool(cfg: Config, records: list[dict], tok, book: RuleBook) -> PromptPool:
+    """The prompt pool, after the checks that need the records (the largest prompt
+    bucket); says at start-up which reward and guidance are active, and when the step
+    reward falls back to labels."""
+    pool = build_pool(records, tok, cfg.train.response_order, book)
+    check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
+    say(describe_reward(cfg.reward, book))
+    g = cfg.guidance
+    if not g.enabled:
+        say("guidance: off")
+    else:
+        n_label = sum(not has_gold_rationale(r) for r in records)
+        say(
+            f"guidance: AGR, levels 0..{g.max_level} (level 0 forces the gold label)"
+            + (f"; label only for {n_label} records without a gold rationale" if n_label else "")
         )
-    pool = build_pool(records, tok, cfg.train.response_order)
-    longest = max(len(p) for p in pool.prompt_ids)
-    if longest > cfg.sampling.prompt_buckets[-1]:
-        raise RunError(
-            f"{cfg.paths.train_data}: a prompt has {longest} tokens, more than the largest "
-            f"bucket sampling.prompt_buckets={cfg.sampling.prompt_buckets}; add a larger bucket"
-        )
-    message = fallback_message(pool.has_verdicts)
+    message = fallback_message(pool.has_verdicts, book)
     if message:
-        tqdm.write(message)
+        say(message)
     return pool
 
 

@@ -29,7 +29,7 @@ from agrl.parallel.distributed import put_rows, to_host
 from agrl.parallel.sharding import data_parallel_size
 from agrl.rl.guidance import ReplayTable, sample_replay, update_replay
 from agrl.rl.metrics import rl_metrics
-from agrl.rl.rewards import parsed_to_arrays
+from agrl.rl.rewards import absent_components, parsed_to_arrays
 from agrl.rl.score import make_scorer
 from agrl.rl.types import Gold, Parsed, RLBatch, Rollout, Scores
 from agrl.sampling import make_sampler
@@ -42,7 +42,8 @@ from agrl.task.data import (
     pad_right,
     verdict_array,
 )
-from agrl.task.rules import R
+from agrl.task.format import gold_text, has_gold_rationale
+from agrl.task.rules import RuleBook, load_rule_book
 from agrl.train.steps import TrainState, make_logps_fn, make_rl_step
 
 
@@ -126,6 +127,7 @@ class RLContext:
     logps_fn: Any  # jit(params, prompt_ids, prompt_mask, completion_ids, mask) -> logps
     score: Any  # jit(Parsed, Gold, levels, slots=) -> Scores (agrl.rl.score)
     mesh: Any = None  # jax Mesh: batches split over (data, fsdp); None: one device
+    book: RuleBook | None = None  # the rule book in force (task.rule_book)
 
 
 def guided_slots(cfg: Config) -> int:
@@ -153,6 +155,7 @@ def make_rl_context(
         return make_sampler(cfg.model, cfg.sampling, **kw)
 
     temperature = _logp_temperature(cfg)
+    book = load_rule_book(cfg.task.rule_book)
     return RLContext(
         cfg=cfg,
         pool=pool,
@@ -160,10 +163,13 @@ def make_rl_context(
         tokenizer=tokenizer,
         sampler=new_sampler(),
         guided_sampler=new_sampler(group_size=1) if guided_slots(cfg) > 0 else None,
-        rl_step=make_rl_step(cfg.model, cfg.loss, cfg.guidance, optimizer, temperature, mesh=mesh),
+        rl_step=make_rl_step(
+            cfg.model, cfg.loss, cfg.guidance, optimizer, temperature, mesh=mesh, memory=cfg.memory
+        ),
         logps_fn=make_logps_fn(cfg.model, temperature, mesh=mesh),
-        score=make_scorer(cfg, pad_id),
+        score=make_scorer(cfg, pad_id, book),
         mesh=mesh,
+        book=book,
     )
 
 
@@ -219,7 +225,9 @@ def rl_iteration(
             state, m = ctx.rl_step(state, batch)
             updates.append(m)
         updates = jax.device_get(updates)
-    metrics = rl_metrics(rollout, updates, guidance_enabled=cfg.guidance.enabled)
+    metrics = rl_metrics(
+        rollout, updates, guidance_enabled=cfg.guidance.enabled, absent=absent_components(ctx.book)
+    )
     metrics.update(clock.metrics(float(mask.sum()), cfg.loss.mu))
     return state, replay, metrics, rollout
 
@@ -263,7 +271,7 @@ def _sample(sampler, params, prompt_ids, prompt_mask, key, *forced):
 
 def _parse(ctx: RLContext, tokens: np.ndarray, mask: np.ndarray) -> Parsed:
     return parsed_to_arrays(
-        decode_completions(ctx.tokenizer, tokens, mask), ctx.cfg.train.response_order
+        decode_completions(ctx.tokenizer, tokens, mask), ctx.cfg.train.response_order, ctx.book
     )
 
 
@@ -322,17 +330,31 @@ def _rl_batch(ctx, params, ref_params, prompt_ids, prompt_mask, ro: Rollout) -> 
     return RLBatch(**x, ref_logps=ref, old_logps=old)
 
 
-def build_pool(records: list[dict], tok, order: str) -> PromptPool:
-    """Tokenised prompts and gold fields of a split (gold response = what AGR forces)."""
+def build_pool(records: list[dict], tok, order: str, book: RuleBook | None = None) -> PromptPool:
+    """Tokenised prompts and gold fields of a split (gold response = what AGR forces).
+
+    The gold response is `gold_response`, else label + `rationale`, else the label alone
+    (agrl.task.format.gold_text). Without a gold rationale guidance is label-only: the
+    forced prefix is the gold label token at every level (none in think-first order, where
+    the label is not the first token).
+    """
+    book = load_rule_book("world") if book is None else book
     prompts = [np.asarray(x, np.int32) for x in encode_prompts(tok, records, order)]
-    gold_text = [r.get("gold_response", "") for r in records]
-    gold = encode_responses(tok, gold_text)
+    label_only = [not has_gold_rationale(r) for r in records]
+    texts = [
+        "" if (lo and order != "label_first") else gold_text(r, order, book)
+        for r, lo in zip(records, label_only, strict=True)
+    ]
+    gold = encode_responses(tok, texts)
     # The forced prefix never includes eos: guidance stops where the rationale ends.
-    gold = [g[:-1] for g in gold]
+    gold = [
+        g[: 1 if lo else -1] if t else [] for g, t, lo in zip(gold, texts, label_only, strict=True)
+    ]
     Lg = max(1, max(len(g) for g in gold))
     gold_ids, gold_mask = pad_right(gold, Lg, int(tok.pad_token_id))
     with_v = has_verdicts(records)
-    verdicts = verdict_array(records) if with_v else np.full((len(records), R), -1, np.int32)
+    shape = (len(records), book.R)
+    verdicts = verdict_array(records, book) if with_v else np.full(shape, -1, np.int32)
     return PromptPool(
         prompt_ids=tuple(prompts),
         gold_label=np.asarray([r["label"] for r in records], np.int32),

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -24,28 +26,33 @@ from tqdm.auto import tqdm
 
 from agrl.config import Config
 from agrl.eval.policy_eval import evaluate_policy, sample_correct
-from agrl.model import load_pretrained
 from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
 from agrl.sampling import make_sampler
 from agrl.task.data import (
     encode_prompts,
     encode_responses,
-    load_records,
     pad_left,
     pad_right,
 )
+from agrl.task.format import gold_text
+from agrl.task.rules import load_rule_book
 from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.loop import (
     Run,
     RunError,
+    ZeroVarianceWatch,
+    check_lengths,
     check_vocab,
     eval_records,
     finish_run,
     frozen_copy,
     key_data,
     load_policy,
+    load_reference,
+    load_task_data,
     optim_with,
     resolve_paths,
+    say,
 )
 from agrl.train.metrics_log import MetricsLogger
 from agrl.train.rl_run import prepare_rl
@@ -63,19 +70,31 @@ from agrl.train.steps import (
 # Paths, data and models.
 
 
-def _supervised_arrays(tok, records, texts, order, T):
-    prompts = encode_prompts(tok, records, order)
+def _supervised_arrays(cfg: Config, tok, records, texts):
+    """Padded SFT arrays, after the pre-flight length checks of the train split."""
+    T, path = cfg.sampling.max_new_tokens, cfg.paths.train_data
+    prompts = encode_prompts(tok, records, cfg.train.response_order)
     responses = encode_responses(tok, texts)
     too_long = [i for i, r in enumerate(responses) if len(r) > T]
     if too_long:
         i = too_long[0]
         raise RunError(
-            f"record {records[i]['id']}: response has {len(responses[i])} tokens > "
+            f"{path}: record {records[i]['id']}: response has {len(responses[i])} tokens > "
             f"sampling.max_new_tokens={T}; raise it or shorten the responses"
         )
+    check_lengths(cfg, path, records, prompts, responses)
     P = max(len(p) for p in prompts)
     pad = int(tok.pad_token_id)
     return (*pad_left(prompts, P, pad), *pad_right(responses, T, pad))
+
+
+def _checked_eval_records(cfg: Config, tok) -> list[dict]:
+    """The evaluation split (eval_records), checked before any compile: it is sampled."""
+    records = eval_records(cfg)
+    if records:
+        prompts = encode_prompts(tok, records, cfg.train.response_order)
+        check_lengths(cfg, cfg.paths.eval_data, records, prompts)
+    return records
 
 
 # ---------------------------------------------------------------------------------------
@@ -87,21 +106,24 @@ def _supervised_arrays(tok, records, texts, order, T):
 
 
 def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
-    """Supervised fine-tuning on the `response` field of paths.train_data."""
+    """Supervised fine-tuning on paths.train_data: each record's `response`, else its gold
+    response (`gold_response`, else label + `rationale`, else the label alone, as the rule
+    book in force writes it: agrl.task.format.gold_text)."""
     cfg = resolve_paths(cfg, "sft")
+    cfg, book, records = load_task_data(cfg)
     tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
-    records = load_records(cfg.paths.train_data)
-    texts = [r.get("response") or r.get("gold_response") for r in records]
-    if any(t is None for t in texts):
-        raise RunError(f"{cfg.paths.train_data}: SFT needs a `response` on every record")
-    arrays_np = _supervised_arrays(tok, records, texts, order, cfg.sampling.max_new_tokens)
+    check_vocab(cfg, tok)
+    texts = [r.get("response") or gold_text(r, order, book) for r in records]
+    n_own = sum(bool(r.get("response")) for r in records)
+    say(f"sft: targets: {n_own} `response` fields, {len(records) - n_own} gold responses")
+    arrays_np = _supervised_arrays(cfg, tok, records, texts)
+    _checked_eval_records(cfg, tok)
     key = jax.random.key(cfg.train.seed)
     params, cfg = load_policy(cfg, key)
-    check_vocab(cfg, tok)
     optimizer = make_optimizer(
         optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
     )
-    sft_step = make_sft_step(cfg.model, optimizer)
+    sft_step = make_sft_step(cfg.model, optimizer, memory=cfg.memory)
     names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
 
     def step(state, idx):
@@ -128,9 +150,8 @@ def _run_supervised(
     if host is not None:
         batches.load_state_dict(host["batches"])
     state = arrays["train"]
-    logger = MetricsLogger(
-        run.out, resume_step=None if host is None else step0, enabled=is_main_process()
-    )
+    # step0 is 0 without a checkpoint: a run killed before its first one starts afresh
+    logger = MetricsLogger(run.out, resume_step=step0, enabled=is_main_process())
 
     def body(i):
         nonlocal state
@@ -156,7 +177,7 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
     """pass@N pairs from the policy: per prompt, a correct sample is chosen and a wrong one
     rejected; when none is correct the gold response is chosen; prompts with no wrong
     sample give no pair.  Returns token arrays and mining statistics."""
-    order, N = cfg.train.response_order, cfg.dpo.pass_n
+    order, N, book = cfg.train.response_order, cfg.dpo.pass_n, load_rule_book(cfg.task.rule_book)
     sampler = make_sampler(
         cfg.model,
         dataclasses.replace(cfg.sampling, temperature=cfg.dpo.temperature, top_k=0, top_p=1.0),
@@ -165,7 +186,7 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
         group_size=N,
     )
     prompts = encode_prompts(tok, records, order)
-    gold = encode_responses(tok, [r["gold_response"] for r in records])
+    gold = encode_responses(tok, [gold_text(r, order, book) for r in records])
     chosen, rejected, keep, n_none_right = [], [], [], 0
     bs = max(1, 64 // N)
     for start in tqdm(range(0, len(records), bs), desc="dpo: mining pairs", dynamic_ncols=True):
@@ -174,7 +195,9 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
         ids, mask = pad_left(seqs, max(len(s) for s in seqs), int(tok.pad_token_id))
         gold_labels = np.asarray([r["label"] for r in records[sl]])
         k = jax.random.fold_in(key, start)
-        toks, m, correct = sample_correct(sampler, params, tok, ids, mask, gold_labels, k, order)
+        toks, m, correct = sample_correct(
+            sampler, params, tok, ids, mask, gold_labels, k, order, book
+        )
         for j, rec_i in enumerate(range(sl.start, sl.stop)):
             rows = range(j * N, (j + 1) * N)
             right = [r for r in rows if correct[j, r - j * N]]
@@ -212,36 +235,72 @@ def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) ->
     return {"arrays": arrays, "stats": stats}
 
 
+PAIRS_ARRAYS, PAIRS_STATS = "pairs.npz", "pairs.json"
+
+
+def save_pair_cache(out: Path, pairs: dict[str, np.ndarray], stats: dict) -> None:
+    """Write the mined pairs so that a kill at any point leaves either the whole cache or
+    none that counts: each file goes to a temporary name and is renamed into place, the
+    arrays first; pairs.json, written last and recording the arrays' size, is the commit
+    marker."""
+    tmp = out / (PAIRS_ARRAYS + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, **pairs)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PAIRS_ARRAYS)
+    marker = dict(stats, arrays_bytes=(out / PAIRS_ARRAYS).stat().st_size)
+    tmp = out / (PAIRS_STATS + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(marker, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out / PAIRS_STATS)
+
+
+def load_pair_cache(out: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(pairs, stats) of a complete cache written by save_pair_cache, else None (no cache,
+    or one a kill left incomplete: the pairs are then mined again)."""
+    arrays, marker = out / PAIRS_ARRAYS, out / PAIRS_STATS
+    try:
+        stats = json.loads(marker.read_text())
+        if arrays.stat().st_size != stats.pop("arrays_bytes"):
+            return None
+        with np.load(arrays) as f:
+            pairs = {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+        return None
+    return pairs, stats
+
+
 def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """DPO from paths.init against itself as the frozen reference (SPEC 6)."""
     cfg = resolve_paths(cfg, "dpo")
     out, tok = Path(cfg.paths.out), load_tokenizer(cfg.paths.tokenizer)
-    key = jax.random.key(cfg.train.seed)
-    params, cfg = load_policy(cfg, key)
     check_vocab(cfg, tok)
-    ref_params = params if cfg.paths.ref == cfg.paths.init else load_pretrained(cfg.paths.ref)[0]
-    ref_params = frozen_copy(ref_params)
-    pairs_file = out / "pairs.npz"
-    if pairs_file.exists():
-        with np.load(pairs_file) as f:
-            pairs = {k: f[k] for k in f.files}
-        stats = json.loads((out / "pairs.json").read_text())
-    else:
-        records = load_records(cfg.paths.train_data)
+    cfg, _, records = load_task_data(cfg)  # also on resume: the same rule book
+    _checked_eval_records(cfg, tok)
+    cached = load_pair_cache(out)
+    if cached is None:  # the prompts to mine, checked before any compile
         if cfg.dpo.mine_prompts:
             rng = np.random.default_rng(cfg.train.seed)
             pick = rng.permutation(len(records))[: cfg.dpo.mine_prompts]
             records = [records[i] for i in sorted(pick)]
-        if any("gold_response" not in r for r in records):
-            raise RunError(f"{cfg.paths.train_data}: DPO mining needs `gold_response` fields")
+        prompts = encode_prompts(tok, records, cfg.train.response_order)
+        check_lengths(cfg, cfg.paths.train_data, records, prompts)
+    key = jax.random.key(cfg.train.seed)
+    params, cfg = load_policy(cfg, key)
+    ref_params = frozen_copy(load_reference(cfg, params))
+    if cached is not None:
+        pairs, stats = cached
+    else:
         mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
         pairs, stats = mined["arrays"], mined["stats"]
-        np.savez(pairs_file, **pairs)
-        (out / "pairs.json").write_text(json.dumps(stats, indent=2))
+        save_pair_cache(out, pairs, stats)
     optimizer = make_optimizer(
         optim_with(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps
     )
-    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer)
+    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer, memory=cfg.memory)
     bs = min(cfg.dpo.batch_size, len(pairs["prompt_ids"]))
 
     def step(state, idx):
@@ -266,18 +325,21 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
 
 def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
     """RL from paths.init with the reference paths.ref (default: the start policy)."""
-    rl = prepare_rl(resolve_paths(cfg, "rl"))
-    cfg, out, tok = rl.cfg, Path(rl.cfg.paths.out), rl.ctx.tokenizer
+    cfg = resolve_paths(cfg, "rl")
+    tok = load_tokenizer(cfg.paths.tokenizer)
+    check_vocab(cfg, tok)
+    _checked_eval_records(cfg, tok)  # before prepare_rl compiles anything
+    rl = prepare_rl(cfg, tokenizer=tok)
+    cfg, out = rl.cfg, Path(rl.cfg.paths.out)
     run = Run(cfg, out, cfg.train.steps, max(1, cfg.train.ckpt_every), f"rl:{cfg.train.method}")
     arrays, host = run.restore(rl.arrays(), resume)
     step0 = 0 if host is None else int(host["step"])
     evals: list[dict] = [] if host is None else list(host["evals"])
     if host is not None:
         rl.load(arrays, host)
-    evals_on = eval_records(cfg)
-    logger = MetricsLogger(
-        out, resume_step=step0 if host is not None else None, enabled=is_main_process()
-    )
+    evals_on = eval_records(cfg)  # with the rule book prepare_rl resolved
+    watch = ZeroVarianceWatch(cfg.train.zero_variance_warn_steps)
+    logger = MetricsLogger(out, resume_step=step0, enabled=is_main_process())
 
     def maybe_eval(step: int, params) -> dict:
         if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
@@ -295,6 +357,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
         t = time.perf_counter()
         ev = maybe_eval(step, rl.state.params)
         m, _ = rl.step(step)
+        watch.update(step, m)
         m.update(ev, time_eval=time.perf_counter() - t - m["time_iteration"])
         return m
 

@@ -11,6 +11,13 @@ metrics replicated. So an update returns its state already laid out for the next
 loop never re-places it), and the mesh reaches `completion_logps`, whose residual-stream
 constraints then partition the activations. Without a mesh: plain jit on one device.
 
+With memory.micro_batch_rows > 0 an update scans over micro-batches of the batch's rows
+(`accumulate_gradients`): every loss here is a ratio sum(num) / sum(den) whose numerator
+and denominator are sums over rows (loss aux `*_num`/`*_den` keys), so the gradient of the
+whole batch is the sum of the micro-batches' numerator gradients divided by the total
+denominator, equal to the unsplit step within f32 rounding. memory.remat is passed to the
+forward (agrl.model.decoder.hidden_states).
+
 A non-finite loss or gradient skips the update (params and optimizer state are kept) and
 is reported in the metrics as `skipped` = 1; the outer loop counts consecutive skips.
 Metrics are returned as jax scalars (sums and counts from the loss aux); reduction to
@@ -27,10 +34,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from agrl.config import GuidanceConfig, LossConfig, ModelConfig, OptimConfig
+from agrl.config import GuidanceConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig
 from agrl.model import completion_logps
 from agrl.model.params import abstract_params, model_param_shardings
-from agrl.parallel.sharding import batch_sharding, replicated
+from agrl.parallel.sharding import batch_sharding, data_parallel_size, replicated
 from agrl.rl.loss import dpo_loss, policy_loss, sft_loss
 from agrl.rl.types import RLBatch
 
@@ -95,6 +102,91 @@ def apply_gradients(
     return new_state, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
 
 
+WHOLE_BATCH = MemoryConfig()  # no micro-batches, no remat
+
+
+def micro_batch_count(rows: int, memory: MemoryConfig, mesh: Mesh | None) -> int:
+    """Micro-batches per update of a batch of `rows` rows: rows per device / micro_batch_rows
+    (1 when micro_batch_rows is 0 or not smaller than the rows per device)."""
+    dp = 1 if mesh is None else data_parallel_size(mesh)
+    per_device = rows // dp
+    mb = memory.micro_batch_rows
+    if mb == 0 or mb >= per_device:
+        return 1
+    if per_device % mb:
+        raise ValueError(
+            f"memory.micro_batch_rows={mb} must divide the rows per device ({rows} rows / "
+            f"{dp} data-parallel shards = {per_device})"
+        )
+    return per_device // mb
+
+
+def split_rows(x: jax.Array, n: int) -> jax.Array:
+    """[B, ...] -> [n, B / n, ...]: micro-batch j holds rows j, j + n, j + 2n, ... (strided,
+    so that rows split contiguously over the data-parallel devices stay on their device)."""
+    return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _identity(key: str) -> float:
+    """The starting value of an aux metric's accumulation (see `_combine`)."""
+    return jnp.inf if key.endswith("_min") else -jnp.inf if key.endswith("_max") else 0.0
+
+
+def _combine(key: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Merge one aux metric of two micro-batches: minima / maxima by name, the rest summed."""
+    if key.endswith("_min"):
+        return jnp.minimum(a, b)
+    if key.endswith("_max"):
+        return jnp.maximum(a, b)
+    return a + b
+
+
+def accumulate_gradients(
+    parts_fn: Callable, params: Any, batch: Any, n_micro: int, num_key: str, den_key: str
+) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+    """loss, grads, aux of the ratio loss sum(num) / sum(den) over n_micro micro-batches.
+
+    parts_fn(params, micro_batch) -> (loss, aux) where aux[num_key] and aux[den_key] are the
+    micro-batch's numerator and denominator (the denominator has no gradient: it counts
+    tokens, sequences or pairs). Every leaf of `batch` has the rows on axis 0. The
+    numerator gradients are accumulated in f32 by a scan, then divided by the total
+    denominator; aux metrics are summed (minima / maxima combined by `_combine`).
+    """
+
+    def num_fn(p, mb):
+        _, aux = parts_fn(p, mb)
+        return aux[num_key], aux
+
+    grad_fn = jax.value_and_grad(num_fn, has_aux=True)
+    micro = jax.tree.map(lambda x: split_rows(x, n_micro), batch)
+    _, aux_shape = jax.eval_shape(num_fn, params, jax.tree.map(lambda x: x[0], micro))
+    aux0 = {k: jnp.full(v.shape, _identity(k), v.dtype) for k, v in aux_shape.items()}
+    g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+    def body(carry, mb):
+        g_acc, aux_acc = carry
+        (_, aux), g = grad_fn(params, mb)
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+        aux_acc = {k: _combine(k, aux_acc[k], aux[k]) for k in aux_acc}
+        return (g_acc, aux_acc), None
+
+    (g_sum, aux), _ = jax.lax.scan(body, (g0, aux0), micro)
+    den = jnp.maximum(aux[den_key], 1e-8)
+    grads = jax.tree.map(lambda g, p: (g / den).astype(p.dtype), g_sum, params)
+    return aux[num_key] / den, grads, aux
+
+
+def _loss_and_grads(
+    loss_fn: Callable, params: Any, batch: Any, n_micro: int, num_key: str, den_key: str
+) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
+    """(loss, grads, aux) of loss_fn(params, batch) -> (loss, aux): whole batch at n_micro
+    = 1 (the original computation, bit for bit), else `accumulate_gradients`."""
+    if n_micro == 1:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        return loss, grads, aux
+    return accumulate_gradients(loss_fn, params, batch, n_micro, num_key, den_key)
+
+
 def _jit_step(
     step: Callable,
     model_cfg: ModelConfig,
@@ -146,25 +238,32 @@ def make_logps_fn(
 
 
 def make_sft_step(
-    model_cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh | None = None
+    model_cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh | None = None,
+    memory: MemoryConfig = WHOLE_BATCH,
 ) -> Callable:
     """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
     completion_ids/completion_mask [B,T] right-padded (the target response)."""
 
-    def step(state: TrainState, batch: Batch):
-        def loss_fn(params):
-            logps = completion_logps(
-                params,
-                model_cfg,
-                batch["prompt_ids"],
-                batch["prompt_mask"],
-                batch["completion_ids"],
-                batch["completion_mask"],
-                mesh=mesh,
-            )
-            return sft_loss(logps, batch["completion_mask"])
+    def loss_fn(params, batch: Batch):
+        logps = completion_logps(
+            params,
+            model_cfg,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            batch["completion_ids"],
+            batch["completion_mask"],
+            mesh=mesh,
+            remat=memory.remat,
+        )
+        return sft_loss(logps, batch["completion_mask"])
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def step(state: TrainState, batch: Batch):
+        n_micro = micro_batch_count(batch["prompt_ids"].shape[0], memory, mesh)
+        loss, grads, aux = _loss_and_grads(
+            loss_fn, state.params, batch, n_micro, "nll_sum", "n_tokens"
+        )
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
@@ -176,6 +275,7 @@ def make_dpo_step(
     loss_cfg: LossConfig,
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None = None,
+    memory: MemoryConfig = WHOLE_BATCH,
 ) -> Callable:
     """jit(state, ref_params, batch) -> (state, metrics).
 
@@ -188,19 +288,24 @@ def make_dpo_step(
         prompt_mask = jnp.concatenate([batch["prompt_mask"]] * 2, axis=0)
         ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
         mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
-        lp = completion_logps(params, model_cfg, prompt_ids, prompt_mask, ids, mask, mesh=mesh)
+        lp = completion_logps(
+            params, model_cfg, prompt_ids, prompt_mask, ids, mask, mesh=mesh, remat=memory.remat
+        )
         lp = lp.sum(-1)
         B = batch["prompt_ids"].shape[0]
         return lp[:B], lp[B:]
 
     def step(state: TrainState, ref_params: Any, batch: Batch):
-        ref_c, ref_r = jax.lax.stop_gradient(seq_logps(ref_params, batch))
-
-        def loss_fn(params):
-            c, r = seq_logps(params, batch)
+        # The reference pass runs inside the loss, per micro-batch (no gradient flows to it).
+        def loss_fn(params, mb):
+            ref_c, ref_r = jax.lax.stop_gradient(seq_logps(ref_params, mb))
+            c, r = seq_logps(params, mb)
             return dpo_loss(c, r, ref_c, ref_r, loss_cfg.dpo_beta)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        n_micro = micro_batch_count(batch["prompt_ids"].shape[0], memory, mesh)
+        loss, grads, aux = _loss_and_grads(
+            loss_fn, state.params, batch, n_micro, "loss_sum", "n_pairs"
+        )
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
@@ -214,6 +319,7 @@ def make_rl_step(
     optimizer: optax.GradientTransformation,
     temperature: float = 1.0,
     mesh: Mesh | None = None,
+    memory: MemoryConfig = WHOLE_BATCH,
 ) -> Callable:
     """jit(state, batch: RLBatch) -> (state, metrics): one GRPO update (SPEC 6).
 
@@ -223,35 +329,39 @@ def make_rl_step(
     """
     mode = loss_cfg.forced_tokens if guidance_cfg.enabled else "include"
 
-    def step(state: TrainState, batch: RLBatch):
-        def loss_fn(params):
-            out = completion_logps(
-                params,
-                model_cfg,
-                batch.prompt_ids,
-                batch.prompt_mask,
-                batch.completion_ids,
-                batch.completion_mask,
-                temperature=temperature,
-                return_entropy=loss_cfg.entropy,
-                mesh=mesh,
-            )
-            logps, entropy = out if loss_cfg.entropy else (out, None)
-            old = jax.lax.stop_gradient(logps) if loss_cfg.mu == 1 else batch.old_logps
-            return policy_loss(
-                logps,
-                old,
-                batch.ref_logps,
-                batch.advantages,
-                batch.completion_mask,
-                batch.forced_mask,
-                loss_cfg,
-                mode,
-                loss_cfg.offpolicy_gamma,
-                entropy=None if entropy is None else jax.lax.stop_gradient(entropy),
-            )
+    def loss_fn(params, batch: RLBatch):
+        out = completion_logps(
+            params,
+            model_cfg,
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.completion_ids,
+            batch.completion_mask,
+            temperature=temperature,
+            return_entropy=loss_cfg.entropy,
+            mesh=mesh,
+            remat=memory.remat,
+        )
+        logps, entropy = out if loss_cfg.entropy else (out, None)
+        old = jax.lax.stop_gradient(logps) if loss_cfg.mu == 1 else batch.old_logps
+        return policy_loss(
+            logps,
+            old,
+            batch.ref_logps,
+            batch.advantages,
+            batch.completion_mask,
+            batch.forced_mask,
+            loss_cfg,
+            mode,
+            loss_cfg.offpolicy_gamma,
+            entropy=None if entropy is None else jax.lax.stop_gradient(entropy),
+        )
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def step(state: TrainState, batch: RLBatch):
+        n_micro = micro_batch_count(batch.prompt_ids.shape[0], memory, mesh)
+        loss, grads, aux = _loss_and_grads(
+            loss_fn, state.params, batch, n_micro, "loss_num", "loss_den"
+        )
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 

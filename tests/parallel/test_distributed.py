@@ -38,6 +38,7 @@ from agrl.train.steps import (
     make_optimizer,
     train_state_shardings,
 )
+from tests.tolerance import assert_adam_runs_agree, f32_tol
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +46,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _mesh(shape):
     return make_mesh(MeshConfig(*shape))
+
+
+def _step_tols(cfg, m0: dict) -> tuple[float, float]:
+    """f32 bounds on an RL step's loss and gradient norm computed in another order: the
+    loss averages N*T token terms (advantage-weighted ratios of size ~1, whatever their
+    mean), each from a forward of num_layers + 1 chained reductions; the gradient goes
+    back through as many again."""
+    tokens = cfg.train.prompts_per_step * cfg.sampling.group_size * cfg.sampling.max_new_tokens
+    depth = cfg.model.num_layers + 1
+    loss_tol = f32_tol(max(1.0, abs(m0["loss"])), tokens, depth)
+    return loss_tol, f32_tol(max(1.0, m0["grad_norm"]), tokens, 2 * depth)
 
 
 def _max_diff(a, b) -> float:
@@ -157,7 +169,9 @@ def test_sharded_sampler_same_tokens_and_kv_cache_split(setup, shape):
     sampler = make_sampler(cfg, scfg, eos_ids=(1,), mesh=mesh)
     out = sampler(place_params(params, cfg, mesh), ids, mask, key)
     np.testing.assert_array_equal(to_host(out.tokens), np.asarray(ref.tokens))
-    assert np.abs(to_host(out.logps) - np.asarray(ref.logps)).max() <= 1e-5
+    # per-token logps: reductions over the MLP width at each layer and the head
+    tol = f32_tol(np.abs(np.asarray(ref.logps)).max(), cfg.intermediate_size, cfg.num_layers + 1)
+    assert np.abs(to_host(out.logps) - np.asarray(ref.logps)).max() <= tol
     assert out.tokens.sharding.spec[0] == ("data", "fsdp")
     # The decode loop carries per-device caches of the generated tokens
     # [N/(data*fsdp), K/tensor, T, Hd] (the prompt's keys/values are kept once per prompt).
@@ -203,9 +217,11 @@ def test_rl_iteration_sharded_equals_single_device(setup, single_device, shape):
     state, m, r = _iteration(setup, mesh)
     np.testing.assert_array_equal(r.tokens, r0.tokens)  # same samples for the same key
     np.testing.assert_array_equal(r.guided, r0.guided)
-    assert abs(m["loss"] - m0["loss"]) <= 1e-5
-    assert abs(m["grad_norm"] - m0["grad_norm"]) <= 1e-5 * max(1.0, m0["grad_norm"])
-    assert _max_diff(state.params, state0.params) <= 1e-5
+    cfg = setup["cfg"]
+    loss_tol, norm_tol = _step_tols(cfg, m0)
+    assert abs(m["loss"] - m0["loss"]) <= loss_tol
+    assert abs(m["grad_norm"] - m0["grad_norm"]) <= norm_tol
+    assert_adam_runs_agree(state.params, state0.params, cfg.optim.lr, cfg.loss.mu)
     # The donated state keeps the table's shardings through the update.
     table = model_param_shardings(setup["cfg"].model, mesh)
     for x, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(table), strict=True):
@@ -259,11 +275,15 @@ def test_two_processes_equal_one_process(setup, tmp_path):
     rows_m, rows_s = read_metrics(multi), read_metrics(single)
     assert [r["step"] for r in rows_m] == [r["step"] for r in rows_s] == [0, 1]
     for a, b in zip(rows_m, rows_s, strict=True):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 and abs(a["reward"] - b["reward"]) <= 1e-6
+        cfg = mw.rl_config(setup["world"], setup["init"], single, shape)
+        loss_tol, _ = _step_tols(cfg, b)
+        n_rollouts = cfg.train.prompts_per_step * cfg.sampling.group_size
+        assert abs(a["loss"] - b["loss"]) <= loss_tol
+        assert abs(a["reward"] - b["reward"]) <= f32_tol(max(1.0, abs(b["reward"])), n_rollouts)
     assert any(abs(r["loss"]) > 1e-4 for r in rows_s)
     pm, _ = load_pretrained(multi / "model")  # written by process 0 from all shards
     ps, _ = load_pretrained(single / "model")
-    assert _max_diff(pm, ps) <= 1e-5
+    assert_adam_runs_agree(pm, ps, cfg.optim.lr, 2 * cfg.loss.mu)  # two steps of mu updates
     # Both steps were checkpointed by both processes' shards and committed once.
     marker = json.loads((multi / "checkpoints" / "2" / "agrl_commit.json").read_text())
     assert marker["step"] == 2

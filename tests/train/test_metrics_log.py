@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from agrl.train.metrics_log import MetricsLogger, metrics_record, read_metrics
+from agrl.train.metrics_log import MetricsLogger, keep_before, metrics_record, read_metrics
 
 
 def _tb_scalars(tb_dir) -> dict[tuple[str, int], float]:
@@ -62,11 +62,28 @@ def test_resume_truncates_later_steps(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "x"')
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
-    log = MetricsLogger(tmp_path, resume_step=3)  # checkpoint was at step 3
-    log.log(4, {"x": 40.0})
+    log = MetricsLogger(tmp_path, resume_step=3)  # checkpoint at 3: steps 0..2 are done
+    log.log(3, {"x": 30.0})
     log.close()
     recs = read_metrics(tmp_path / "metrics.jsonl")
-    assert [(r["step"], r["x"]) for r in recs] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert [(r["step"], r["x"]) for r in recs] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+@pytest.mark.parametrize(
+    "logged,step,kept",
+    [
+        ([0, 1, 2, 3], 2, [0, 1]),  # checkpoint at 2: steps 2, 3 will be logged again
+        ([0, 1, 2], 3, [0, 1, 2]),  # killed right after the checkpoint
+        ([0, 1, 2], 0, []),  # killed before the first checkpoint: start afresh
+        ([], 0, []),  # no file yet: an empty one
+    ],
+)
+def test_keep_before_keeps_only_the_steps_a_checkpoint_has_done(tmp_path, logged, step, kept):
+    path = tmp_path / "metrics.jsonl"
+    if logged:
+        path.write_text("".join(json.dumps({"step": s, "x": 1.0}) + "\n" for s in logged))
+    keep_before(path, step)
+    assert [r["step"] for r in read_metrics(path)] == kept
 
 
 def test_disabled_logger_writes_nothing(tmp_path):

@@ -173,3 +173,37 @@ def test_a_new_run_refuses_a_directory_with_checkpoints(world, sft_model):
         run_sft(cfg)
     # the refused run leaves the owner's config alone (it still matches the checkpoints)
     assert (Path(sft_model["out"]) / "config.json").read_text() == saved
+
+
+class _Killed(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+@pytest.mark.parametrize("kill_at", [3, 1], ids=["after a checkpoint", "before any checkpoint"])
+def test_interrupted_and_resumed_run_logs_every_step_once(world, tmp_path, monkeypatch, kill_at):
+    import agrl.train.stages as stages
+
+    cfg = load_config(None, TINY + [
+        f"paths.tokenizer={world / 'tokenizer'}", f"paths.train_data={world / 'sft.jsonl'}",
+        f"paths.out={tmp_path}", "sft.steps=5",  # no eval split: no eval; shapes as sft_model
+    ])  # fmt: skip
+    make = stages.make_sft_step
+
+    def make_killed(*args):
+        step, calls = make(*args), []
+
+        def killed(state, batch):
+            calls.append(1)
+            if len(calls) > kill_at:
+                raise _Killed
+            return step(state, batch)
+
+        return killed
+
+    monkeypatch.setattr(stages, "make_sft_step", make_killed)
+    with pytest.raises(_Killed):  # checkpoints every 2 steps: the kill loses steps >= 2 or all
+        run_sft(cfg)
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(kill_at))
+    monkeypatch.setattr(stages, "make_sft_step", make)
+    assert run_sft(cfg, resume=True)["complete"]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4]

@@ -17,6 +17,7 @@ from agrl.train.steps import (
     make_rl_step,
     make_sft_step,
 )
+from tests.tolerance import assert_adam_runs_agree, f32_tol
 
 CFG = ModelConfig(
     vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
@@ -176,11 +177,11 @@ def test_sharded_rl_step_constrains_activations_and_returns_the_table_layout():
 
     table = jax.tree.leaves(train_state_shardings(CFG, opt, mesh))
     reference = make_rl_step(CFG, LossConfig(mu=2), GuidanceConfig(), opt)
+    N, T = batch.completion_ids.shape  # the loss averages N*T token terms of size ~1
     for _ in range(2):
         sharded, m = step(sharded, placed)
         assert [x.sharding for x in jax.tree.leaves(sharded)] == table
         state, m0 = reference(state, batch)
-        assert abs(float(m["loss"]) - float(m0["loss"])) <= 1e-5
-    diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                         sharded.params, state.params)  # fmt: skip
-    assert max(jax.tree.leaves(diffs)) <= 1e-5
+        tol = f32_tol(max(1.0, abs(float(m0["loss"]))), N * T, CFG.num_layers + 1)
+        assert abs(float(m["loss"]) - float(m0["loss"])) <= tol
+    assert_adam_runs_agree(sharded.params, state.params, lr=1e-2, steps=2 * 2)  # 2 x mu=2
