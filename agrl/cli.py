@@ -91,12 +91,14 @@ def add_world(sub) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     from agrl.task.data import has_verdicts, load_records
+    from agrl.task.rules import load_rule_book
 
-    records = load_records(args.file)
+    book = load_rule_book(args.rule_book)
+    records = load_records(args.file, book)
     labels = Counter(r["label"] for r in records)
     mix = " ".join(f"{lab}:{labels[lab]}" for lab in (1, 2, 3, 4))
     verdicts = "with verdicts" if has_verdicts(records) else "without verdicts (label-only)"
-    print(f"{args.file}: {len(records)} records OK, {verdicts}; labels {mix}")
+    print(f"{args.file}: {len(records)} records OK ({book.describe()}), {verdicts}; labels {mix}")
     return 0
 
 
@@ -104,9 +106,13 @@ def add_validate(sub) -> None:
     p = sub.add_parser(
         "validate",
         help="check a JSONL data file against the schema",
-        description="Validate a JSONL file (docs/data.md); errors name file, line and field.",
+        description="Validate a JSONL file (docs/data.md); errors name file, line and field. "
+        "Verdicts are checked against the rule book (docs/rulebook.md).",
     )
     p.add_argument("file")
+    p.add_argument(
+        "--rule-book", default="world", help="world, label_only or a TOML file (default world)"
+    )
     p.set_defaults(func=_validate)
 
 
@@ -199,17 +205,24 @@ def add_train(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from agrl.config import Config, TrainConfig
+    from agrl.config import Config, TaskConfig, TrainConfig
     from agrl.eval.metrics import metrics_table_markdown, write_json
     from agrl.eval.policy_eval import evaluate_policy
     from agrl.model import load_pretrained
     from agrl.task.data import load_records
+    from agrl.task.rules import load_rule_book
+    from agrl.task.serving import model_order, model_rule_book
     from agrl.task.tokenizer import load_tokenizer
 
     params, model_cfg = load_pretrained(args.model)
     tok = load_tokenizer(args.model)
-    cfg = Config(model=model_cfg, train=TrainConfig(response_order=args.order))
-    records = load_records(args.data)
+    rule_book = model_rule_book(args.model, args.rule_book)
+    book = load_rule_book(rule_book)
+    order = model_order(args.model, args.order)
+    print(f"eval: {book.describe()}; {order}")
+    cfg = Config(model=model_cfg, train=TrainConfig(response_order=order),
+                 task=TaskConfig(rule_book=rule_book))  # fmt: skip
+    records = load_records(args.data, book)
     metrics, _ = evaluate_policy(params, cfg, tok, records, progress=True, beta=args.beta)
     print(metrics_table_markdown({args.model: metrics}))
     if args.out:
@@ -231,7 +244,16 @@ def add_eval(sub) -> None:
     p.add_argument("--model", required=True, help="Hugging Face model directory (+ tokenizer)")
     p.add_argument("--data", required=True, help="labelled JSONL file")
     p.add_argument("--out", help="write all metrics as JSON here")
-    p.add_argument("--order", choices=("label_first", "think_first"), default="label_first")
+    p.add_argument(
+        "--order",
+        choices=("label_first", "think_first"),
+        help="response order (default: the model's agrl_prompt.json, else label_first)",
+    )
+    p.add_argument(
+        "--rule-book",
+        help="world, label_only or a TOML file (default: the one the model was exported "
+        "with, in its agrl_prompt.json; else world)",
+    )
     p.add_argument("--beta", type=cumpt_beta, default=0.5, help="CumPT threshold in (0, 1]")
     p.set_defaults(func=_eval)
 

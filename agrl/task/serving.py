@@ -19,6 +19,7 @@ other turn, and a prompt without the opener is one the model never saw.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from agrl.task.format import (
@@ -65,11 +66,50 @@ def chat_template(order: Order = "label_first") -> str:
     )
 
 
-def prompt_card(tok: Any, order: Order, label_ids: list[list[int]]) -> dict[str, Any]:
+RULE_BOOK_FILE = "rule_book.toml"  # a user's rule book, copied into an exported model
+
+
+def _card(model_dir: str | Path) -> dict[str, Any]:
+    """agrl_prompt.json of a model directory ({} when absent or unreadable)."""
+    card = Path(model_dir) / PROMPT_CARD
+    try:
+        data = json.loads(card.read_text()) if card.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def model_order(model_dir: str | Path, override: str | None = None) -> str:
+    """The response order of an exported model: `override`, else its card's, else
+    label_first."""
+    return override or str(_card(model_dir).get("order", "label_first"))
+
+
+def model_rule_book(model_dir: str | Path, override: str | None = None) -> str:
+    """The task.rule_book to evaluate an exported model with: `override` when given, else
+    the one its agrl_prompt.json names (a copied TOML resolved inside the directory), else
+    "world" (a model directory agrl did not write)."""
+    if override:
+        return override
+    name = str(_card(model_dir).get("rule_book", "world"))
+    return str(Path(model_dir) / name) if name == RULE_BOOK_FILE else str(name)
+
+
+def prompt_card(
+    tok: Any, order: Order, label_ids: list[list[int]], rule_book: str = "world"
+) -> dict[str, Any]:
     """The contents of agrl_prompt.json for a tokenizer; label_ids [4][K] every single-token
-    spelling of each label (`label_token_variants`, -1 padding dropped)."""
+    spelling of each label (`label_token_variants`, -1 padding dropped); rule_book the
+    task.rule_book the model was trained under ("world", "label_only" or RULE_BOOK_FILE,
+    a copy of the user's TOML next to the card)."""
     bos = tok.bos_token if getattr(tok, "bos_token_id", None) is not None else None
-    if order == "label_first":
+    if rule_book == "label_only":
+        response = f"<L> {LABEL_CLOSE}"
+        scoring = (
+            "the first response token is the label: P(l) = sum of the probabilities of "
+            "label_token_ids[l] over the sum for all four labels"
+        )
+    elif order == "label_first":
         response = f"<L> {LABEL_CLOSE} {THINK_OPEN} <rationale> {THINK_CLOSE}"
         scoring = (
             "the first response token is the label: P(l) = sum of the probabilities of "
@@ -81,6 +121,7 @@ def prompt_card(tok: Any, order: Order, label_ids: list[list[int]]) -> dict[str,
     return {
         "format": PROMPT_FORMAT,
         "order": order,
+        "rule_book": rule_book,
         "prompt": render_prompt("{query}", "{item}", order),
         "whitespace": "every whitespace run in query and item becomes one space",
         "bos": bos,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from agrl.config import Config, config_from_dict
 from agrl.model import param_shapes, save_pretrained
-from agrl.task.serving import PROMPT_CARD, chat_template, prompt_card
+from agrl.task.serving import PROMPT_CARD, RULE_BOOK_FILE, chat_template, prompt_card
 from agrl.task.tokenizer import TokenizerError, label_token_variants, load_tokenizer
 from agrl.train.checkpoint import CheckpointManager
 
@@ -41,7 +42,11 @@ def export_model(params: Any, cfg: Config, tok: Any, out_dir: str | Path) -> Pat
     serving = copy.copy(tok)  # the caller's tokenizer keeps its own chat template
     serving.chat_template = chat_template(order)
     d = save_pretrained(params, cfg.model, out_dir, tokenizer=serving)
-    card = prompt_card(tok, order, label_ids)
+    rule_book = cfg.task.rule_book
+    if rule_book not in ("world", "label_only"):  # a user's TOML travels with the model
+        shutil.copyfile(rule_book, d / RULE_BOOK_FILE)
+        rule_book = RULE_BOOK_FILE
+    card = prompt_card(tok, order, label_ids, rule_book)
     (d / PROMPT_CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     return d
 

@@ -85,6 +85,8 @@ class BatchSampler:
 
     def next(self, n: int, replay: ReplayTable | None, p_replay: float, tau: float):
         """n distinct prompt indices; replayed ones first.  Returns (indices [n], n_replayed)."""
+        if n > self.pool_size:
+            raise ValueError(f"{n} distinct indices asked of a pool of {self.pool_size}")
         chosen = np.zeros(0, np.int64)
         if replay is not None and p_replay > 0:
             chosen = sample_replay(replay, self.rng, n // 2, p_replay, tau)

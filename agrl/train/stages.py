@@ -129,9 +129,12 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     def step(state, idx):
         return sft_step(state, dict(zip(names, (a[idx] for a in arrays_np), strict=True)))
 
+    bs = min(cfg.sft.batch_size, len(records))
+    if bs < cfg.sft.batch_size:
+        say(f"sft: batch size {bs}: sft.batch_size={cfg.sft.batch_size} > {len(records)} records")
     return _run_supervised(
-        cfg, tok, "sft", cfg.sft.steps, params, optimizer, len(records), cfg.sft.batch_size,
-        step, resume, stop_after,
+        cfg, tok, "sft", cfg.sft.steps, params, optimizer, len(records), bs, step, resume,
+        stop_after,
     )  # fmt: skip
 
 
