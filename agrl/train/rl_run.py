@@ -134,13 +134,13 @@ def _rl_pool(cfg: Config, records: list[dict], tok, book: RuleBook) -> PromptPoo
     """The prompt pool, after the checks that need the records (the largest prompt
     bucket); says at start-up which reward and guidance are active, and when the step
     reward falls back to labels."""
+    pool = build_pool(records, tok, cfg.train.response_order, book)
+    check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
     if cfg.train.prompts_per_step > len(records):
         raise RunError(
             f"{cfg.paths.train_data}: train.prompts_per_step={cfg.train.prompts_per_step} "
             f"distinct prompts per step, but the file has {len(records)} records"
         )
-    pool = build_pool(records, tok, cfg.train.response_order, book)
-    check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
     say(describe_reward(cfg.reward, book))
     g = cfg.guidance
     if not g.enabled:

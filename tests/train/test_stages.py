@@ -189,8 +189,8 @@ def test_interrupted_and_resumed_run_logs_every_step_once(world, tmp_path, monke
     ])  # fmt: skip
     make = stages.make_sft_step
 
-    def make_killed(*args):
-        step, calls = make(*args), []
+    def make_killed(*args, **kw):
+        step, calls = make(*args, **kw), []
 
         def killed(state, batch):
             calls.append(1)
