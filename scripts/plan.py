@@ -26,7 +26,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--mu", type=int, default=1)
     p.add_argument("--micro-batch", type=int, help="rows per device per update pass")
-    p.add_argument("--remat", action="store_true", help="per-layer rematerialisation")
+    p.add_argument(
+        "--remat",
+        choices=("none", "layer", "dots"),
+        default="none",
+        help="memory.remat of the update",
+    )
     p.add_argument("--doc", action="store_true", help="print the tables of docs/scaling.md")
     a = p.parse_args()
     if a.doc:

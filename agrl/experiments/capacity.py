@@ -11,12 +11,18 @@ Per device, with N = prompts * G sequences, S = P + T tokens, dp = data * fsdp, 
     parameter dtype and agrl keeps no f32 master copy;
   sampler: KV cache 2 * L * (N/dp) * (K/tp) * S * Hd * bytes, plus the fused per-layer
     weight copy the decode loop builds (agrl.model.decoder.fuse_params, ~1x the layer weights);
-  update activations (no rematerialisation): per layer and row, the residual-stream tensors
+  update activations (memory.remat = none): per layer and row, the residual-stream tensors
     4 * S * D, q/k/v/o (2H + 2K) * Hd / tp * S, SwiGLU 3 * S * F / tp (compute dtype) and
-    the attention probabilities H / tp * S^2 (f32 + compute dtype); plus the completion
-    logits 3 * T * V / tp f32.  With remat only each layer's input S * D is kept per layer
-    (plus one layer's intermediates).  Rows per pass = micro_batch (default: all N / dp rows
-    at once, which is what agrl.train.steps does today).
+    the attention scores H / tp * S^2 (5 f32 copies + the compute-dtype probabilities);
+    plus the completion logits 5 * T * V / tp f32.  With remat = layer only each layer's
+    input S * D is kept per layer (plus one layer's intermediates); dots also keeps the
+    matmul outputs.  Rows per pass = micro_batch (memory.micro_batch_rows; default all
+    N / dp rows at once); micro-batches add an f32 gradient accumulator and the f32 mean
+    gradient (8 bytes per parameter); the optimizer update holds two more parameter-sized
+    buffers (clipped gradients, updates) and, with fsdp > 1, the all-gathered embedding and
+    its full-size gradient (2 * V * D / tp, compute dtype).
+  These counts were checked against XLA's compiled memory analysis of the real jitted step
+  (agrl.experiments.compiled_memory, scripts/compiled_memory.py; docs/scaling.md).
 Time (roofline): matmul FLOPs 2 * active params per token (6 for forward + backward) plus
 attention 2 * 2 * L * H * Hd * S_q * S_k (causal: half), divided by devices * peak * mfu;
 decoding takes T steps of max(FLOPs / (peak * mfu), bytes read / (HBM bandwidth * bw_eff))
@@ -158,7 +164,7 @@ class Workload:
     new_tokens: int = 256  # T completion tokens
     mu: int = 1  # updates per batch (mu > 1 adds one old-logps forward)
     micro_batch: int | None = None  # rows per device per pass; None: all (agrl today)
-    remat: bool = False  # per-layer rematerialisation in the update
+    remat: str = "none"  # memory.remat in the update: none, layer or dots
 
 
 @dataclass(frozen=True)
@@ -182,9 +188,17 @@ class CapacityPlan:
         return sum(self.gb[k] for k in ("policy", "reference", "adam"))
 
     @property
+    def update_gb(self) -> float:
+        """The update step alone (what scripts/compiled_memory.py compiles): the policy and
+        its optimizer state, gradients (plus the f32 accumulator of micro-batches) and
+        activations; the reference and the sampler's buffers are not live in it."""
+        keys = ("policy", "adam", "gradients", "optimizer_update", "activations")
+        return sum(self.gb[k] for k in keys)
+
+    @property
     def peak_gb(self) -> float:
         sample = self.gb["kv_cache"] + self.gb["sampler_weights"]
-        update = self.gb["gradients"] + self.gb["activations"]
+        update = self.gb["gradients"] + self.gb["optimizer_update"] + self.gb["activations"]
         return self.resident_gb + max(sample, update)
 
 
@@ -239,19 +253,38 @@ def plan(
     )
 
     kv = 2 * L * rows * (K // tp) * S * Hd * abytes
+    # Attention scores are f32 (agrl.model.attention): the scaled and the masked scores,
+    # softmax's shifted exponentials and probabilities, and the probabilities' cotangent
+    # (5 f32 copies), plus the compute-dtype probabilities the PV matmul reads.
     per_layer_row = (4 * S * D + (2 * H + 2 * K) * Hd // tp * S + 3 * S * F // tp) * abytes + (
         H // tp
-    ) * S * S * (4 + abytes)
-    logits = 3 * T * (V // tp) * 4
-    if work.remat:
-        act_row = L * S * D * abytes + per_layer_row + logits
-    else:
+    ) * S * S * (5 * 4 + abytes)
+    # Completion logits in f32: the logits, the log-softmax, its exponential (the entropy and
+    # the gradient) and two cotangents.
+    logits = 5 * T * (V // tp) * 4
+    if work.remat == "none":
         act_row = L * per_layer_row + logits
+    else:
+        # Each layer keeps its input; "dots" also keeps its matmul outputs (q|k|v, o,
+        # gate|up, down); one layer's intermediates are live during its recomputation.
+        saved = S * D + (
+            S * ((H + 2 * K) * Hd + 2 * F) // tp + 2 * S * D if work.remat == "dots" else 0
+        )
+        act_row = L * saved * abytes + per_layer_row + logits
     gb = {
         "policy": dev_params * pbytes / GB,
         "reference": dev_params * pbytes / GB,
         "adam": 2 * dev_params * pbytes / GB,
-        "gradients": dev_params * pbytes / GB,
+        # Micro-batches add an f32 accumulator of the gradient and the f32 mean gradient
+        # (sum / denominator) beside each pass's own gradient.
+        "gradients": dev_params * (pbytes + (8 if mb < rows else 0)) / GB,
+        # The optimizer's transients: the clipped gradients and the updates; with FSDP the
+        # update also holds the all-gathered embedding (V x D / tp, compute dtype) and its
+        # full-size gradient before the reduce-scatter (layers are gathered one at a time).
+        "optimizer_update": (
+            2 * dev_params * pbytes + (2 * V * D // tp * abytes if fsdp > 1 else 0)
+        )
+        / GB,
         "kv_cache": kv / GB,
         "sampler_weights": layer_params * abytes / GB,
         "activations": mb * act_row / GB,
@@ -286,7 +319,8 @@ def plan_table(plans: list[CapacityPlan]) -> str:
     ]
     names = {
         "policy": "policy params", "reference": "reference params", "adam": "Adam mu + nu",
-        "gradients": "gradients (update)", "kv_cache": "KV cache (sampling)",
+        "gradients": "gradients (update)", "optimizer_update": "optimizer transients (update)",
+        "kv_cache": "KV cache (sampling)",
         "sampler_weights": "sampler weight copy", "activations": "activations (update)",
     }  # fmt: skip
     for k, label in names.items():
@@ -310,10 +344,14 @@ DOC_CONFIGS = [
     ("30b-a3b-class", MeshConfig(1, 8, 2), 16, "h200"),
 ]
 DOC_WORKLOADS = [
-    ("as implemented: the update runs all N/dp rows in one pass, no remat", Workload()),
     (
-        "with micro-batches of 4 rows per device and per-layer remat",
-        Workload(micro_batch=4, remat=True),
+        "memory.micro_batch_rows=0, memory.remat=none (the defaults: all N/dp rows in one pass)",
+        Workload(),
+    ),
+    (
+        "memory.micro_batch_rows=4, memory.remat=layer (micro-batches of 4 rows per device, "
+        "per-layer remat)",
+        Workload(micro_batch=4, remat="layer"),
     ),
 ]
 

@@ -396,3 +396,16 @@ def init_sharded_train_state(
     with the state, so the caller must not reuse them as a reference."""
     shardings = train_state_shardings(model_cfg, optimizer, mesh)
     return jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=shardings)(params)
+
+
+def abstract_train_state(
+    model_cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """jax.ShapeDtypeStruct of every TrainState leaf, with its `train_state_shardings`
+    sharding: what `jit(...).lower` needs to compile a step without any array (e.g. the
+    compiled-memory check of a production model on a simulated pod)."""
+    shapes = jax.eval_shape(lambda p: init_train_state(p, optimizer), abstract_params(model_cfg))
+    shardings = train_state_shardings(model_cfg, optimizer, mesh)
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.golden.regen import PATH, compute_golden, make_inputs
+from tests.tolerance import f32_tol
 
 GOLDEN = np.load(PATH)
 OUT_KEYS = sorted(k[len("out/") :] for k in GOLDEN.files if k.startswith("out/"))
@@ -37,6 +38,9 @@ def test_matches_golden(outputs, key):
     want, got = GOLDEN[f"out/{key}"], outputs[key]
     assert got.shape == want.shape and got.dtype == want.dtype, key
     if np.issubdtype(want.dtype, np.floating):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=key)
+        # Another CPU may order the f32 sums differently: each value is at most a reduction
+        # over every token of the batch (mask [N, T]), chained through the loss (depth 3).
+        tol = f32_tol(max(float(np.abs(want).max()), 1.0), GOLDEN["in/mask"].size, depth=3)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol, err_msg=key)
     else:
         np.testing.assert_array_equal(got, want, err_msg=key)
