@@ -168,7 +168,7 @@ def make_rl_context(
         rl_step=make_rl_step(
             cfg.model, cfg.loss, cfg.guidance, optimizer, temperature, mesh=mesh, memory=cfg.memory
         ),
-        logps_fn=make_logps_fn(cfg.model, temperature, mesh=mesh),
+        logps_fn=make_logps_fn(cfg.model, temperature, mesh=mesh, memory=cfg.memory),
         score=make_scorer(cfg, pad_id, book),
         mesh=mesh,
         book=book,

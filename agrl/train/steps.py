@@ -209,13 +209,18 @@ def _jit_step(
 
 
 def make_logps_fn(
-    model_cfg: ModelConfig, temperature: float = 1.0, mesh: Mesh | None = None
+    model_cfg: ModelConfig,
+    temperature: float = 1.0,
+    mesh: Mesh | None = None,
+    memory: MemoryConfig = WHOLE_BATCH,
 ) -> Callable:
     """jit(params, prompt_ids [N,P], prompt_mask, completion_ids [N,T], completion_mask)
     -> logps [N,T] (no gradient: for old and reference log-probs).  With a mesh: params by
-    the rules table, the four inputs and logps split on rows N."""
+    the rules table, the four inputs and logps split on rows N. With
+    memory.micro_batch_rows, the rows are run micro-batch by micro-batch (`lax.map`), so
+    only one micro-batch's [rows, T, V] logits are live."""
 
-    def logps_fn(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
+    def one(params, prompt_ids, prompt_mask, completion_ids, completion_mask):
         return completion_logps(
             params,
             model_cfg,
@@ -226,6 +231,13 @@ def make_logps_fn(
             temperature=temperature,
             mesh=mesh,
         )
+
+    def logps_fn(params, *rows):
+        n = micro_batch_count(rows[0].shape[0], memory, mesh)
+        if n == 1:
+            return one(params, *rows)
+        out = jax.lax.map(lambda mb: one(params, *mb), tuple(split_rows(x, n) for x in rows))
+        return out.swapaxes(0, 1).reshape(rows[0].shape[0], -1)  # undo the strided split
 
     if mesh is None:
         return jax.jit(logps_fn)
