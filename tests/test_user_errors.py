@@ -205,6 +205,8 @@ def test_runtime_overrides_apply_with_init(good):
     ckpt = resolved.model
     assert init_model_config(CFG, ckpt, "m", given={"compute_dtype"}).compute_dtype == "float32"
     assert init_model_config(ModelConfig(), ckpt, "m").compute_dtype == "bfloat16"  # not given
+    # not given: training keeps an f32 master copy of a bf16 checkpoint (mixed precision)
+    assert init_model_config(ModelConfig(), ckpt, "m").param_dtype == "float32"
 
 
 def test_sft_without_init_warns_about_a_random_model(good, sft_data, tmp_path, capsys):

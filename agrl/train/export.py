@@ -11,12 +11,14 @@ tokenizer files, plus agrl_prompt.json naming the prompt format
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from agrl.config import Config, config_from_dict
@@ -41,7 +43,12 @@ def export_model(params: Any, cfg: Config, tok: Any, out_dir: str | Path) -> Pat
         label_ids = [[], [], [], []]
     serving = copy.copy(tok)  # the caller's tokenizer keeps its own chat template
     serving.chat_template = chat_template(order)
-    d = save_pretrained(params, cfg.model, out_dir, tokenizer=serving)
+    model = cfg.model
+    if model.param_dtype != model.compute_dtype:  # e.g. an f32 master copy of a bf16 model:
+        dt = jnp.dtype(model.compute_dtype)  # exported in the dtype it computes in
+        params = jax.tree.map(lambda p: jnp.asarray(p, dt), params)
+        model = dataclasses.replace(model, param_dtype=model.compute_dtype)
+    d = save_pretrained(params, model, out_dir, tokenizer=serving)
     rule_book = cfg.task.rule_book
     if rule_book not in ("world", "label_only"):  # a user's TOML travels with the model
         shutil.copyfile(rule_book, d / RULE_BOOK_FILE)

@@ -95,7 +95,8 @@ def init_model_config(
     """The model config of a run that starts from the checkpoint `init` (whose config.json
     gives `ckpt`): the checkpoint's architecture with the runtime choices
     (RUNTIME_MODEL_FIELDS) of `current` that were given; an architecture field given with a
-    value the checkpoint does not have is a ConfigError.
+    value the checkpoint does not have is a ConfigError. param_dtype, when not given, is
+    float32 (an f32 master copy; compute_dtype stays the checkpoint's).
 
     given: the model fields the user set (the CLI knows them). None (API callers): when
     `current` has the checkpoint's architecture it describes this checkpoint and all its
@@ -121,9 +122,12 @@ def init_model_config(
             "(with --init the architecture comes from the checkpoint; only "
             f"{', '.join('model.' + n for n in RUNTIME_MODEL_FIELDS)} may be set)"
         )
-    return dataclasses.replace(
-        ckpt, **{n: getattr(current, n) for n in RUNTIME_MODEL_FIELDS if n in given}
-    )
+    runtime = {n: getattr(current, n) for n in RUNTIME_MODEL_FIELDS if n in given}
+    # Training keeps an f32 master copy of the weights unless told otherwise: Adam's updates
+    # (lr x ~1) are far below bf16's resolution of a weight (2^-8 relative), so bf16 params
+    # would silently not move. Compute stays in the checkpoint's dtype.
+    runtime.setdefault("param_dtype", "float32")
+    return dataclasses.replace(ckpt, **runtime)
 
 
 def resolve_model(cfg: Config, given: Collection[str] | None = None) -> Config:

@@ -124,3 +124,26 @@ def test_export_errors_are_named(run, tmp_path, capsys):
     assert "is not found; give it with --tokenizer" in err(
         "--run", str(out), "--out", str(tmp_path / "y"), "--tokenizer", str(tmp_path / "nope")
     )
+
+
+def test_an_f32_master_copy_is_exported_in_the_compute_dtype(tmp_path):
+    """model.param_dtype=float32 over bf16 compute (the default with --init of a bf16
+    checkpoint): the export is the bf16 model the policy computed with."""
+    import dataclasses
+
+    import jax
+
+    from agrl.model import init_params, load_pretrained
+    from agrl.task.tokenizer import build_tokenizer
+    from agrl.train.export import export_model
+
+    cfg = load_config(None, TINY + ["model.compute_dtype=bfloat16"])
+    assert cfg.model.param_dtype == "float32"
+    params = init_params(cfg.model, jax.random.key(0))
+    tok = build_tokenizer(["query: a item: b <label> 1 2 3 4 </label>"], tmp_path / "tok")
+    export_model(params, cfg, tok, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
+    got, got_cfg = load_pretrained(tmp_path / "m")
+    assert got_cfg == dataclasses.replace(cfg.model, param_dtype="bfloat16")
+    want = np.asarray(params["embed"].astype(jnp.bfloat16), np.float32)
+    np.testing.assert_array_equal(np.asarray(got["embed"], np.float32), want)
