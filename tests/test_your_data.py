@@ -67,6 +67,9 @@ def test_label_only_data_and_a_qwen3_checkpoint_end_to_end(tmp_path, capsys):
     out = agrl("train", "sft", "--init", hf, "--out", tmp_path / "sft", *data, *SMALL,
                "sft.steps=6", "sft.batch_size=8", "sft.lr=3e-3")  # fmt: skip
     assert "task.rule_book=label_only" in out  # the switch is said, not silent
+    assert "0 `response` fields, 48 gold responses" in out
+    saved = json.loads((tmp_path / "sft" / "config.json").read_text())
+    assert saved["task"]["rule_book"] == "label_only"  # recorded with the run
     assert f"tokenizer: {hf}" in out  # the checkpoint's own tokenizer, by default
 
     out = agrl("train", "rl", "--init", tmp_path / "sft" / "model", "--out", tmp_path / "rl",
@@ -77,6 +80,8 @@ def test_label_only_data_and_a_qwen3_checkpoint_end_to_end(tmp_path, capsys):
     rows = read_metrics(tmp_path / "rl")
     assert [r["step"] for r in rows] == [0, 1]
     assert max(r["grad_norm"] for r in rows) > 0  # the model is updated on label rewards
+    for r in rows:  # label-only: no step or consistency reward is reported as a number
+        assert "reward/r_label" in r and "reward/r_step" not in r and "reward/r_cons" not in r
     metrics = json.loads((tmp_path / "rl" / "eval.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert "rule_adherence" not in metrics and "step_accuracy" not in metrics
