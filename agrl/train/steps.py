@@ -12,7 +12,7 @@ loop never re-places it), and the mesh reaches `completion_logps`, whose residua
 constraints then partition the activations. Without a mesh: plain jit on one device.
 
 With memory.micro_batch_rows > 0 an update scans over micro-batches of the batch's rows
-(`accumulate_gradients`): every loss here is a ratio sum(num) / sum(den) whose numerator
+(agrl.train.accumulate): every loss here is a ratio sum(num) / sum(den) whose numerator
 and denominator are sums over rows (loss aux `*_num`/`*_den` keys), so the gradient of the
 whole batch is the sum of the micro-batches' numerator gradients divided by the total
 denominator, equal to the unsplit step within f32 rounding. memory.remat is passed to the
@@ -37,9 +37,15 @@ from jax.sharding import Mesh, NamedSharding
 from agrl.config import GuidanceConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig
 from agrl.model import completion_logps
 from agrl.model.params import abstract_params, model_param_shardings
-from agrl.parallel.sharding import batch_sharding, data_parallel_size, replicated
+from agrl.parallel.sharding import batch_sharding, replicated
 from agrl.rl.loss import dpo_loss, policy_loss, sft_loss
 from agrl.rl.types import RLBatch
+from agrl.train.accumulate import (
+    WHOLE_BATCH,
+    accumulate_gradients,
+    micro_batch_count,
+    split_rows,
+)
 
 Batch = dict[str, jax.Array]
 
@@ -100,80 +106,6 @@ def apply_gradients(
     )
     grad_norm = optax.tree.norm(grads)
     return new_state, {"grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32)}
-
-
-WHOLE_BATCH = MemoryConfig()  # no micro-batches, no remat
-
-
-def micro_batch_count(rows: int, memory: MemoryConfig, mesh: Mesh | None) -> int:
-    """Micro-batches per update of a batch of `rows` rows: rows per device / micro_batch_rows
-    (1 when micro_batch_rows is 0 or not smaller than the rows per device)."""
-    dp = 1 if mesh is None else data_parallel_size(mesh)
-    per_device = rows // dp
-    mb = memory.micro_batch_rows
-    if mb == 0 or mb >= per_device:
-        return 1
-    if per_device % mb:
-        raise ValueError(
-            f"memory.micro_batch_rows={mb} must divide the rows per device ({rows} rows / "
-            f"{dp} data-parallel shards = {per_device})"
-        )
-    return per_device // mb
-
-
-def split_rows(x: jax.Array, n: int) -> jax.Array:
-    """[B, ...] -> [n, B / n, ...]: micro-batch j holds rows j, j + n, j + 2n, ... (strided,
-    so that rows split contiguously over the data-parallel devices stay on their device)."""
-    return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
-
-
-def _identity(key: str) -> float:
-    """The starting value of an aux metric's accumulation (see `_combine`)."""
-    return jnp.inf if key.endswith("_min") else -jnp.inf if key.endswith("_max") else 0.0
-
-
-def _combine(key: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """Merge one aux metric of two micro-batches: minima / maxima by name, the rest summed."""
-    if key.endswith("_min"):
-        return jnp.minimum(a, b)
-    if key.endswith("_max"):
-        return jnp.maximum(a, b)
-    return a + b
-
-
-def accumulate_gradients(
-    parts_fn: Callable, params: Any, batch: Any, n_micro: int, num_key: str, den_key: str
-) -> tuple[jax.Array, Any, dict[str, jax.Array]]:
-    """loss, grads, aux of the ratio loss sum(num) / sum(den) over n_micro micro-batches.
-
-    parts_fn(params, micro_batch) -> (loss, aux) where aux[num_key] and aux[den_key] are the
-    micro-batch's numerator and denominator (the denominator has no gradient: it counts
-    tokens, sequences or pairs). Every leaf of `batch` has the rows on axis 0. The
-    numerator gradients are accumulated in f32 by a scan, then divided by the total
-    denominator; aux metrics are summed (minima / maxima combined by `_combine`).
-    """
-
-    def num_fn(p, mb):
-        _, aux = parts_fn(p, mb)
-        return aux[num_key], aux
-
-    grad_fn = jax.value_and_grad(num_fn, has_aux=True)
-    micro = jax.tree.map(lambda x: split_rows(x, n_micro), batch)
-    _, aux_shape = jax.eval_shape(num_fn, params, jax.tree.map(lambda x: x[0], micro))
-    aux0 = {k: jnp.full(v.shape, _identity(k), v.dtype) for k, v in aux_shape.items()}
-    g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-
-    def body(carry, mb):
-        g_acc, aux_acc = carry
-        (_, aux), g = grad_fn(params, mb)
-        g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-        aux_acc = {k: _combine(k, aux_acc[k], aux[k]) for k in aux_acc}
-        return (g_acc, aux_acc), None
-
-    (g_sum, aux), _ = jax.lax.scan(body, (g0, aux0), micro)
-    den = jnp.maximum(aux[den_key], 1e-8)
-    grads = jax.tree.map(lambda g, p: (g / den).astype(p.dtype), g_sum, params)
-    return aux[num_key] / den, grads, aux
 
 
 def _loss_and_grads(

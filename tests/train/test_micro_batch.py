@@ -17,15 +17,13 @@ from agrl.config import GuidanceConfig, LossConfig, MemoryConfig, ModelConfig
 from agrl.model import init_params
 from agrl.model.decoder import hidden_states, positions_from_mask
 from agrl.rl.types import RLBatch
+from agrl.train.accumulate import accumulate_gradients, micro_batch_count, split_rows
 from agrl.train.steps import (
-    accumulate_gradients,
     init_train_state,
     make_dpo_step,
     make_logps_fn,
     make_rl_step,
     make_sft_step,
-    micro_batch_count,
-    split_rows,
 )
 from tests.tolerance import f32_tol
 
