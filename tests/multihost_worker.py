@@ -1,4 +1,5 @@
-"""A tiny RL set-up shared by tests/test_distributed.py, and the worker of its two-process run.
+"""A tiny RL, SFT and DPO set-up shared by tests/parallel/test_distributed.py, and the
+worker of its two-process run.
 
 As a script, one process of a multi-process `run_rl` on 127.0.0.1 (gloo CPU collectives,
 4 fake CPU devices per process); the start-up comes from the environment
@@ -7,7 +8,8 @@ As a script, one process of a multi-process `run_rl` on 127.0.0.1 (gloo CPU coll
     python tests/multihost_worker.py WORLD INIT OUT DATA FSDP TENSOR
 
 It runs 1 RL step (checkpoint), then resumes from that checkpoint for step 2, as two calls of
-`run_rl` in one process; process 0 writes OUT/metrics.jsonl and OUT/model.
+`run_rl` in one process; process 0 writes OUT/metrics.jsonl and OUT/model. Then 2 SFT steps
+into OUT_sft and 2 DPO steps into OUT_dpo on the same mesh.
 """
 
 from __future__ import annotations
@@ -81,6 +83,28 @@ def rl_config(world, init, out, mesh: tuple[int, int, int]):
     )
 
 
+# SFT and DPO: the world's responses need T >= 31 tokens; 8 rows split over 8 devices.
+SUPERVISED = [
+    "sampling.max_new_tokens=40", "sft.steps=2", "sft.batch_size=8", "sft.lr=1e-4",
+    "sft.warmup_frac=0", "dpo.steps=2", "dpo.batch_size=8", "dpo.lr=1e-4", "dpo.warmup_frac=0",
+    "dpo.pass_n=2", "dpo.mine_prompts=8", "train.ckpt_every=1", "train.eval_size=0",
+]  # fmt: skip
+
+
+def supervised_config(world, init, out, mesh: tuple[int, int, int]):
+    """SFT from the random init on the sft split, or DPO from it on the rl split."""
+    from agrl.config import load_config
+
+    data, fsdp, tensor = mesh
+    return load_config(
+        None,
+        MODEL
+        + SUPERVISED
+        + [f"paths.world={world}", f"paths.init={init}", f"paths.out={out}"]
+        + [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"],
+    )
+
+
 def run_two_steps_with_resume(world, init, out, mesh) -> None:
     """Step 1, checkpoint, then a fresh run_rl resumes from it and runs step 2."""
     from agrl.train.stages import run_rl
@@ -108,6 +132,10 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     register_lenient_reward()
     run_two_steps_with_resume(world, init, out, mesh)
+    from agrl.train.stages import run_dpo, run_sft
+
+    for stage, run in (("sft", run_sft), ("dpo", run_dpo)):
+        assert run(supervised_config(world, init, f"{out}_{stage}", mesh))["complete"]
     print(f"process {jax.process_index()} done", flush=True)
 
 

@@ -23,8 +23,11 @@ WHOLE_BATCH = MemoryConfig()  # no micro-batches, no remat
 
 def micro_batch_count(rows: int, memory: MemoryConfig, mesh: Mesh | None) -> int:
     """Micro-batches per update of a batch of `rows` rows: rows per device / micro_batch_rows
-    (1 when micro_batch_rows is 0 or not smaller than the rows per device)."""
+    (1 when micro_batch_rows is 0 or not smaller than the rows per device).  A batch the
+    data-parallel size does not divide is replicated (`rows_sharding`): all its rows are on
+    every device."""
     dp = 1 if mesh is None else data_parallel_size(mesh)
+    dp = dp if rows % dp == 0 else 1
     per_device = rows // dp
     mb = memory.micro_batch_rows
     if mb == 0 or mb >= per_device:

@@ -13,30 +13,29 @@ iteration).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import time
-import zipfile
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from jax.sharding import Mesh
 
 from agrl.config import Config
-from agrl.eval.policy_eval import evaluate_policy, sample_correct
-from agrl.parallel.distributed import is_main_process, local_copy, tree_to_host
-from agrl.sampling import make_sampler
-from agrl.task.data import (
-    encode_prompts,
-    encode_responses,
-    pad_left,
-    pad_right,
+from agrl.eval.policy_eval import evaluate_policy
+from agrl.model.params import place_params
+from agrl.parallel.distributed import (
+    is_main_process,
+    load_on_host,
+    local_copy,
+    put_rows,
+    tree_to_host,
 )
+from agrl.parallel.sharding import data_parallel_size, make_mesh
+from agrl.task.data import encode_prompts, encode_responses, pad_left, pad_right
 from agrl.task.format import gold_text
-from agrl.task.rules import load_rule_book
-from agrl.task.tokenizer import eos_ids, load_tokenizer
+from agrl.task.tokenizer import load_tokenizer
 from agrl.train.loop import (
     Run,
     RunError,
@@ -55,12 +54,11 @@ from agrl.train.loop import (
     say,
 )
 from agrl.train.metrics_log import MetricsLogger
+from agrl.train.pairs import load_pair_cache, mine_pairs, save_pair_cache
 from agrl.train.rl_run import prepare_rl
-from agrl.train.rollout import (
-    BatchSampler,
-)
+from agrl.train.rollout import BatchSampler
 from agrl.train.steps import (
-    init_train_state,
+    init_sharded_train_state,
     make_dpo_step,
     make_optimizer,
     make_sft_step,
@@ -118,36 +116,60 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     say(f"sft: targets: {n_own} `response` fields, {len(records) - n_own} gold responses")
     arrays_np = _supervised_arrays(cfg, tok, records, texts)
     _checked_eval_records(cfg, tok)
-    key = jax.random.key(cfg.train.seed)
-    params, cfg = load_policy(cfg, key)
+    params, cfg, mesh = _placed_policy(cfg)
     optimizer = make_optimizer(
         optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
     )
-    sft_step = make_sft_step(cfg.model, optimizer, memory=cfg.memory)
-    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-
-    def step(state, idx):
-        return sft_step(state, dict(zip(names, (a[idx] for a in arrays_np), strict=True)))
-
     bs = min(cfg.sft.batch_size, len(records))
     if bs < cfg.sft.batch_size:
         say(f"sft: batch size {bs}: sft.batch_size={cfg.sft.batch_size} > {len(records)} records")
+    _say_rows("sft", bs, mesh)
+    sft_step = make_sft_step(cfg.model, optimizer, mesh, cfg.memory, batch_rows=bs)
+    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+    arrays = dict(zip(names, arrays_np, strict=True))
+
+    def step(state, idx):
+        return sft_step(state, {k: put_rows(a[idx], mesh) for k, a in arrays.items()})
+
     return _run_supervised(
-        cfg, tok, "sft", cfg.sft.steps, params, optimizer, len(records), bs, step, resume,
-        stop_after,
+        cfg, tok, "sft", cfg.sft.steps, params, optimizer, mesh, len(records), bs, step,
+        resume, stop_after,
     )  # fmt: skip
 
 
+def _placed_policy(cfg: Config) -> tuple[Any, Config, Mesh]:
+    """(params on the mesh, cfg, mesh): the policy of paths.init (or a random init) read on
+    the host CPU, then placed on cfg.mesh by the rules table (each device receives only its
+    shards, as in RL)."""
+    with load_on_host():
+        params, cfg = load_policy(cfg, jax.random.key(cfg.train.seed))
+    mesh = make_mesh(cfg.mesh)
+    return place_params(params, cfg.model, mesh), cfg, mesh
+
+
+def _say_rows(desc: str, rows: int, mesh: Mesh) -> None:
+    """One start-up line when a batch cannot be split over the data-parallel devices."""
+    dp = data_parallel_size(mesh)
+    if rows % dp:
+        say(
+            f"{desc}: a batch of {rows} rows is not divisible by the data-parallel size {dp} "
+            f"(mesh.data x mesh.fsdp): every device computes the whole batch; a multiple of "
+            f"{dp} splits it"
+        )
+
+
 def _run_supervised(
-    cfg: Config, tok, desc: str, total_steps: int, params, optimizer, n_examples: int,
-    batch_size: int, step, resume: bool, stop_after: int | None, post=None,
+    cfg: Config, tok, desc: str, total_steps: int, params, optimizer, mesh: Mesh,
+    n_examples: int, batch_size: int, step, resume: bool, stop_after: int | None, post=None,
 ) -> dict:  # fmt: skip
     """The SFT / DPO loop: shuffled batches of example indices fed to step(state, idx),
-    with checkpoints, resume, metrics and the final export + evaluation."""
+    with checkpoints, resume, metrics and the final export + evaluation.  params: placed on
+    `mesh` (donated with the train state, whose optimizer moments are created on their
+    shards); every process draws the same indices and puts only its own rows."""
     run = Run(cfg, Path(cfg.paths.out), total_steps, max(1, cfg.train.ckpt_every), desc)
     batches = BatchSampler(n_examples, cfg.train.seed)
     kd = key_data(jax.random.key(cfg.train.seed))
-    arrays = {"train": init_train_state(params, optimizer), "key": kd}
+    arrays = {"train": init_sharded_train_state(params, cfg.model, optimizer, mesh), "key": kd}
     arrays, host = run.restore(arrays, resume)
     step0 = 0 if host is None else int(host["step"])
     if host is not None:
@@ -173,107 +195,7 @@ def _run_supervised(
 
 
 # ---------------------------------------------------------------------------------------
-# DPO: pass@N pair mining, then the DPO loss against the frozen start policy.
-
-
-def mine_pairs(params, cfg: Config, tok, records: list[dict], key: jax.Array) -> dict:
-    """pass@N pairs from the policy: per prompt, a correct sample is chosen and a wrong one
-    rejected; when none is correct the gold response is chosen; prompts with no wrong
-    sample give no pair.  Returns token arrays and mining statistics."""
-    order, N, book = cfg.train.response_order, cfg.dpo.pass_n, load_rule_book(cfg.task.rule_book)
-    sampler = make_sampler(
-        cfg.model,
-        dataclasses.replace(cfg.sampling, temperature=cfg.dpo.temperature, top_k=0, top_p=1.0),
-        eos_ids=tuple(eos_ids(tok)),
-        pad_id=int(tok.pad_token_id),
-        group_size=N,
-    )
-    prompts = encode_prompts(tok, records, order)
-    gold = encode_responses(tok, [gold_text(r, order, book) for r in records])
-    chosen, rejected, keep, n_none_right = [], [], [], 0
-    bs = max(1, 64 // N)
-    for start in tqdm(range(0, len(records), bs), desc="dpo: mining pairs", dynamic_ncols=True):
-        sl = slice(start, min(start + bs, len(records)))
-        seqs = prompts[sl]
-        ids, mask = pad_left(seqs, max(len(s) for s in seqs), int(tok.pad_token_id))
-        gold_labels = np.asarray([r["label"] for r in records[sl]])
-        k = jax.random.fold_in(key, start)
-        toks, m, correct = sample_correct(
-            sampler, params, tok, ids, mask, gold_labels, k, order, book
-        )
-        for j, rec_i in enumerate(range(sl.start, sl.stop)):
-            rows = range(j * N, (j + 1) * N)
-            right = [r for r in rows if correct[j, r - j * N]]
-            wrong = [r for r in rows if r not in right]
-            if not wrong:
-                continue
-            if right:
-                chosen.append(toks[right[0]][m[right[0]]].tolist())
-            else:
-                chosen.append(gold[rec_i])
-                n_none_right += 1
-            rejected.append(toks[wrong[0]][m[wrong[0]]].tolist())
-            keep.append(rec_i)
-    if not keep:
-        raise RunError("DPO mining found no prompt with a wrong sample: nothing to learn")
-    T, pad = cfg.sampling.max_new_tokens, int(tok.pad_token_id)
-    kept = [prompts[i] for i in keep]
-    p_ids, p_mask = pad_left(kept, max(len(s) for s in kept), pad)
-    c_ids, c_mask = pad_right([c[:T] for c in chosen], T, pad)
-    r_ids, r_mask = pad_right([r[:T] for r in rejected], T, pad)
-    stats = {
-        "mined_prompts": len(records),
-        "pairs": len(keep),
-        "pairs_gold_chosen": n_none_right,
-        "all_right_prompts": len(records) - len(keep),
-    }
-    arrays = {
-        "prompt_ids": p_ids,
-        "prompt_mask": p_mask,
-        "chosen_ids": c_ids,
-        "chosen_mask": c_mask,
-        "rejected_ids": r_ids,
-        "rejected_mask": r_mask,
-    }
-    return {"arrays": arrays, "stats": stats}
-
-
-PAIRS_ARRAYS, PAIRS_STATS = "pairs.npz", "pairs.json"
-
-
-def save_pair_cache(out: Path, pairs: dict[str, np.ndarray], stats: dict) -> None:
-    """Write the mined pairs so that a kill at any point leaves either the whole cache or
-    none that counts: each file goes to a temporary name and is renamed into place, the
-    arrays first; pairs.json, written last and recording the arrays' size, is the commit
-    marker."""
-    tmp = out / (PAIRS_ARRAYS + ".tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
-        np.savez(f, **pairs)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / PAIRS_ARRAYS)
-    marker = dict(stats, arrays_bytes=(out / PAIRS_ARRAYS).stat().st_size)
-    tmp = out / (PAIRS_STATS + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(marker, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / PAIRS_STATS)
-
-
-def load_pair_cache(out: Path) -> tuple[dict[str, np.ndarray], dict] | None:
-    """(pairs, stats) of a complete cache written by save_pair_cache, else None (no cache,
-    or one a kill left incomplete: the pairs are then mined again)."""
-    arrays, marker = out / PAIRS_ARRAYS, out / PAIRS_STATS
-    try:
-        stats = json.loads(marker.read_text())
-        if arrays.stat().st_size != stats.pop("arrays_bytes"):
-            return None
-        with np.load(arrays) as f:
-            pairs = {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
-        return None
-    return pairs, stats
+# DPO: pass@N pairs (agrl.train.pairs), then the DPO loss against the frozen start policy.
 
 
 def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) -> dict:
@@ -292,22 +214,32 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
         prompts = encode_prompts(tok, records, cfg.train.response_order)
         check_lengths(cfg, cfg.paths.train_data, records, prompts)
     key = jax.random.key(cfg.train.seed)
-    params, cfg = load_policy(cfg, key)
-    ref_params = frozen_copy(load_reference(cfg, params))
+    with load_on_host():
+        host, cfg = load_policy(cfg, key)
+        ref_host = frozen_copy(load_reference(cfg, host))
+    mesh = make_mesh(cfg.mesh)
+    params = place_params(host, cfg.model, mesh)
+    ref_params = place_params(ref_host, cfg.model, mesh)  # fresh buffers: never donated
     if cached is not None:
         pairs, stats = cached
     else:
-        mined = mine_pairs(params, cfg, tok, records, jax.random.fold_in(key, 1))
+        # Several processes: each mines every prompt on a local copy (the same pairs, with
+        # no collectives); one process writes the cache.
+        policy = params if jax.process_count() == 1 else local_copy(host)
+        mined = mine_pairs(policy, cfg, tok, records, jax.random.fold_in(key, 1))
         pairs, stats = mined["arrays"], mined["stats"]
-        save_pair_cache(out, pairs, stats)
+        if is_main_process():
+            save_pair_cache(out, pairs, stats)
+    del host
     optimizer = make_optimizer(
         optim_with(cfg.dpo.lr, cfg.dpo.warmup_frac, cfg.optim), cfg.dpo.steps
     )
-    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer, memory=cfg.memory)
     bs = min(cfg.dpo.batch_size, len(pairs["prompt_ids"]))
+    _say_rows("dpo", bs, mesh)
+    dpo_step = make_dpo_step(cfg.model, cfg.loss, optimizer, mesh, cfg.memory, batch_rows=bs)
 
     def step(state, idx):
-        return dpo_step(state, ref_params, {k: v[idx] for k, v in pairs.items()})
+        return dpo_step(state, ref_params, {k: put_rows(v[idx], mesh) for k, v in pairs.items()})
 
     def post(m):
         m["reward_accuracy"] = m.pop("accuracy_sum") / bs
@@ -315,8 +247,8 @@ def run_dpo(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
         return m
 
     summary = _run_supervised(
-        cfg, tok, "dpo", cfg.dpo.steps, params, optimizer, len(pairs["prompt_ids"]), bs, step,
-        resume, stop_after, post,
+        cfg, tok, "dpo", cfg.dpo.steps, params, optimizer, mesh, len(pairs["prompt_ids"]), bs,
+        step, resume, stop_after, post,
     )  # fmt: skip
     summary["mining"] = stats
     return summary

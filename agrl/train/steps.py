@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from agrl.config import GuidanceConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig
 from agrl.model import completion_logps
 from agrl.model.params import abstract_params, model_param_shardings
-from agrl.parallel.sharding import batch_sharding, replicated
+from agrl.parallel.sharding import batch_sharding, replicated, rows_sharding
 from agrl.rl.loss import dpo_loss, policy_loss, sft_loss
 from agrl.rl.types import RLBatch
 from agrl.train.accumulate import (
@@ -125,16 +125,20 @@ def _jit_step(
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None,
     with_params: bool = False,
+    batch_rows: int | None = None,
 ) -> Callable:
     """jit(step) donating the state; with a mesh, shardings at the boundary (module doc):
-    step(state, [params], batch) -> (state, metrics)."""
+    step(state, [params], batch) -> (state, metrics).  batch_rows: the rows of every batch,
+    when known, so that a batch the data-parallel size does not divide comes in replicated
+    (`rows_sharding`); None: rows always split over (data, fsdp)."""
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     state_sh = train_state_shardings(model_cfg, optimizer, mesh)
     params_sh = (model_param_shardings(model_cfg, mesh),) if with_params else ()
+    rows = batch_sharding(mesh, 1) if batch_rows is None else rows_sharding(mesh, (batch_rows,))
     return jax.jit(
         step,
-        in_shardings=(state_sh, *params_sh, batch_sharding(mesh, 1)),
+        in_shardings=(state_sh, *params_sh, rows),
         out_shardings=(state_sh, replicated(mesh)),
         donate_argnums=0,
     )
@@ -186,9 +190,11 @@ def make_sft_step(
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None = None,
     memory: MemoryConfig = WHOLE_BATCH,
+    batch_rows: int | None = None,
 ) -> Callable:
     """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
-    completion_ids/completion_mask [B,T] right-padded (the target response)."""
+    completion_ids/completion_mask [B,T] right-padded (the target response).  batch_rows:
+    see `_jit_step`."""
 
     def loss_fn(params, batch: Batch):
         logps = completion_logps(
@@ -211,7 +217,7 @@ def make_sft_step(
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
-    return _jit_step(step, model_cfg, optimizer, mesh)
+    return _jit_step(step, model_cfg, optimizer, mesh, batch_rows=batch_rows)
 
 
 def make_dpo_step(
@@ -220,11 +226,13 @@ def make_dpo_step(
     optimizer: optax.GradientTransformation,
     mesh: Mesh | None = None,
     memory: MemoryConfig = WHOLE_BATCH,
+    batch_rows: int | None = None,
 ) -> Callable:
     """jit(state, ref_params, batch) -> (state, metrics).
 
     batch: prompt_ids/prompt_mask [B,P]; chosen_ids/chosen_mask and rejected_ids/rejected_mask
     [B,T].  Chosen and rejected run as one [2B] forward; sequence logps are sums over tokens.
+    ref_params: sharded like the policy (`place_params`).  batch_rows: see `_jit_step`.
     """
 
     def seq_logps(params, batch):
@@ -253,7 +261,7 @@ def make_dpo_step(
         state, upd = apply_gradients(state, loss, grads, optimizer)
         return state, {"loss": loss, **aux, **upd}
 
-    return _jit_step(step, model_cfg, optimizer, mesh, with_params=True)
+    return _jit_step(step, model_cfg, optimizer, mesh, with_params=True, batch_rows=batch_rows)
 
 
 def make_rl_step(

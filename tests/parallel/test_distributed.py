@@ -228,6 +228,57 @@ def test_rl_iteration_sharded_equals_single_device(setup, single_device, shape):
         assert x.sharding.is_equivalent_to(s, x.ndim)
 
 
+SUPERVISED_STAGES = ("sft", "dpo")
+
+
+def _run_stage(stage: str):
+    from agrl.train.stages import run_dpo, run_sft
+
+    return {"sft": run_sft, "dpo": run_dpo}[stage]
+
+
+@pytest.fixture(scope="module")
+def supervised_one(setup, tmp_path_factory):
+    """Two SFT steps and two DPO steps on one device: the run directories by stage."""
+    dirs = {}
+    for stage in SUPERVISED_STAGES:
+        dirs[stage] = tmp_path_factory.mktemp(f"{stage}_one")
+        cfg = mw.supervised_config(setup["world"], setup["init"], dirs[stage], (1, 1, 1))
+        assert _run_stage(stage)(cfg)["complete"]
+    return dirs
+
+
+def _assert_supervised_runs_agree(stage: str, got: Path, want: Path, setup) -> None:
+    """Same pairs (DPO), per-step loss and gradient norm within f32 rounding, parameters
+    within the rounding of two Adam steps."""
+    if stage == "dpo":  # the same pairs, whoever mined them
+        with np.load(got / "pairs.npz") as a, np.load(want / "pairs.npz") as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    rows_g, rows_w = read_metrics(got), read_metrics(want)
+    assert [r["step"] for r in rows_g] == [r["step"] for r in rows_w] == [0, 1]
+    cfg = mw.supervised_config(setup["world"], setup["init"], want, (1, 1, 1))
+    rows = cfg.sft.batch_size if stage == "sft" else 4 * cfg.dpo.batch_size  # policy + ref, x2
+    tokens, depth = rows * cfg.sampling.max_new_tokens, cfg.model.num_layers + 1
+    for a, b in zip(rows_g, rows_w, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= f32_tol(max(1.0, abs(b["loss"])), tokens, depth)
+        norm_tol = f32_tol(max(1.0, b["grad_norm"]), tokens, 2 * depth)
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= norm_tol
+    pg, pw = load_pretrained(got / "model")[0], load_pretrained(want / "model")[0]
+    assert _max_diff(pw, setup["params"]) > 1e-5  # the two steps moved the weights
+    assert_adam_runs_agree(pg, pw, 1e-4, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", SUPERVISED_STAGES)
+def test_supervised_stage_sharded_equals_single_device(setup, supervised_one, tmp_path, stage):
+    """Two SFT / DPO steps on a (2, 2, 2) mesh, interrupted after the first and resumed from
+    its sharded checkpoint, equal an uninterrupted run on one device."""
+    cfg = mw.supervised_config(setup["world"], setup["init"], tmp_path, (2, 2, 2))
+    assert not _run_stage(stage)(cfg, stop_after=1)["complete"]
+    assert _run_stage(stage)(cfg, resume=True)["complete"]
+    _assert_supervised_runs_agree(stage, tmp_path, supervised_one[stage], setup)
+
+
 # ---------------------------------------------------------------------------------------
 # Two processes on loopback == one process.
 
@@ -239,7 +290,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(setup, tmp_path):
+def test_two_processes_equal_one_process(setup, supervised_one, tmp_path):
     shape = (2, 4, 1)
     multi, single = tmp_path / "multi", tmp_path / "single"
     port = _free_port()
@@ -287,3 +338,6 @@ def test_two_processes_equal_one_process(setup, tmp_path):
     # Both steps were checkpointed by both processes' shards and committed once.
     marker = json.loads((multi / "checkpoints" / "2" / "agrl_commit.json").read_text())
     assert marker["step"] == 2
+    # SFT and DPO on the same two-process mesh equal their one-device runs.
+    for stage in SUPERVISED_STAGES:
+        _assert_supervised_runs_agree(stage, Path(f"{multi}_{stage}"), supervised_one[stage], setup)

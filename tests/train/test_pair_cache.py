@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from agrl.train.stages import load_pair_cache, save_pair_cache
+from agrl.train.pairs import load_pair_cache, save_pair_cache
 
 PAIRS = {"prompt_ids": np.arange(6, dtype=np.int32).reshape(2, 3),
          "chosen_mask": np.array([[True, False], [True, True]])}  # fmt: skip
