@@ -69,7 +69,9 @@ from agrl.train.steps import (
 
 
 def _supervised_arrays(cfg: Config, tok, records, texts):
-    """Padded SFT arrays, after the pre-flight length checks of the train split."""
+    """Padded SFT arrays, after the pre-flight length checks of the train split: prompts
+    left-padded to the longest prompt, responses right-padded to the longest response (not
+    to sampling.max_new_tokens: positions past every response are pure padding)."""
     T, path = cfg.sampling.max_new_tokens, cfg.paths.train_data
     prompts = encode_prompts(tok, records, cfg.train.response_order)
     responses = encode_responses(tok, texts)
@@ -83,7 +85,7 @@ def _supervised_arrays(cfg: Config, tok, records, texts):
     check_lengths(cfg, path, records, prompts, responses)
     P = max(len(p) for p in prompts)
     pad = int(tok.pad_token_id)
-    return (*pad_left(prompts, P, pad), *pad_right(responses, T, pad))
+    return (*pad_left(prompts, P, pad), *pad_right(responses, max(map(len, responses)), pad))
 
 
 def _checked_eval_records(cfg: Config, tok) -> list[dict]:
