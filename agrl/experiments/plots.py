@@ -7,6 +7,7 @@ min-max band, so seed-to-seed spread is visible at a glance.
     Figure 1  plot_curves({"GRPO": [...], "GRPO-PR": [...], "AGRL": [...]}, "b_eval macro-F1")
     Figure 2  plot_zero_variance_and_trigger(zero_variance, trigger_rate)
     Figure 3  plot_per_type_accuracy(before, after)
+    Figure 4  plot_teacher_split(teacher_wrong, teacher_right)
 """
 
 from __future__ import annotations
@@ -131,4 +132,25 @@ def plot_per_type_accuracy(
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_teacher_split(
+    teacher_wrong: Mapping[str, Series],
+    teacher_right: Mapping[str, Series],
+    path: str | os.PathLike,
+    *,
+    xlabel: str = "RL step",
+) -> Path:
+    """Figure 4: b_eval accuracy on the records the teacher labels wrong (left) and right
+    (right) vs step, one line (or seed band) per method: where guidance with gold answers
+    gains and what it may cost."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True)
+    _draw(left, teacher_wrong)
+    left.set_ylabel("accuracy where the teacher is wrong")
+    _draw(right, teacher_right)
+    right.set_ylabel("accuracy where the teacher is right")
+    for ax in (left, right):
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(-0.02, 1.02)
     return _save(fig, path)

@@ -19,6 +19,7 @@ from agrl.eval.metrics import aggregate_seeds, metrics_table_markdown
 from agrl.experiments.plots import (
     plot_curves,
     plot_per_type_accuracy,
+    plot_teacher_split,
     plot_zero_variance_and_trigger,
     series_from_records,
 )
@@ -275,7 +276,8 @@ def results_markdown(plan: ReproducePlan, agg: dict, per_seed: dict[int, dict], 
         "The oracle row (SFT on gold responses, same budget) is the ceiling of what this "
         "model size and SFT budget can learn.\n",
         "Figures: fig1_macro_f1.png, fig1_accuracy.png, fig2_zero_variance_trigger.png, "
-        "fig3_type_accuracy.png.\n",
+        "fig3_type_accuracy.png"
+        + (", fig4_teacher_split.png.\n" if _evals_split_by_teacher(per_seed) else ".\n"),
     ]
     return "\n".join(parts)
 
@@ -286,6 +288,12 @@ def _metric_series(per_seed: dict[int, dict], method: str, key: str) -> list:
          [e[key] for e in per_seed[s]["models"][method]["evals"]])
         for s in sorted(per_seed)
     ]  # fmt: skip
+
+
+def _evals_split_by_teacher(per_seed: dict[int, dict]) -> bool:
+    """Whether every RL evaluation row has the teacher-wrong / teacher-right accuracies."""
+    rows = [e for s in per_seed.values() for m in METHODS for e in s["models"][m].get("evals", [])]
+    return bool(rows) and all("teacher_wrong_accuracy" in e for e in rows)
 
 
 def _log_series(plan: ReproducePlan, method: str, key: str) -> list:
@@ -299,8 +307,9 @@ def _log_series(plan: ReproducePlan, method: str, key: str) -> list:
 def write_figures(
     plan: ReproducePlan, per_seed: dict[int, dict], agg: dict, agr_methods: list[str]
 ) -> list[Path]:
-    """Figures 1-3 of SPEC 8 as PNG files in --out; agr_methods: the methods that run AGR
-    (their trigger rate is drawn in Figure 2)."""
+    """Figures 1-3 of SPEC 8 as PNG files in --out, and Figure 4 (accuracy where the
+    teacher is wrong / right vs step) when the evaluations carry the teacher's labels;
+    agr_methods: the methods that run AGR (their trigger rate is drawn in Figure 2)."""
 
     out = plan.out
     paths = []
@@ -321,4 +330,10 @@ def write_figures(
             by_type("dpo"), after, out / "fig3_type_accuracy.png", before_label="DPO (before RL)"
         )
     )
+    if _evals_split_by_teacher(per_seed):
+        wrong, right = (
+            {METHOD_NAMES[m]: _metric_series(per_seed, m, f"{k}_accuracy") for m in METHODS}
+            for k in ("teacher_wrong", "teacher_right")
+        )
+        paths.append(plot_teacher_split(wrong, right, out / "fig4_teacher_split.png"))
     return paths

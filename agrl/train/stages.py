@@ -284,10 +284,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
         if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
             params = local_copy(tree_to_host(params))
         m, _ = evaluate_policy(params, cfg, tok, evals_on)
-        row = {"step": step, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
-        if "accuracy_by_type" in m:
-            row["accuracy_by_type"] = m["accuracy_by_type"]
-        evals.append(row)
+        evals.append(_eval_row(step, m))
         return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
 
     def body(step):
@@ -306,9 +303,20 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     logger.close()
     summary = finish_run(run, rl.state.params, cfg, tok, stop_after, step0)
     if summary["complete"] and summary.get("eval"):
-        evals.append({"step": cfg.train.steps, "macro_f1": summary["eval"]["macro_f1"],
-                      "accuracy": summary["eval"]["accuracy"]})  # fmt: skip
+        evals.append(_eval_row(cfg.train.steps, summary["eval"]))
     if is_main_process():
         (out / "evals.json").write_text(json.dumps(evals, indent=2, default=float))
     summary["evals"] = evals
     return summary
+
+
+def _eval_row(step: int, m: dict) -> dict:
+    """One row of evals.json: macro-F1, accuracy, accuracy per query type and, when the
+    records carry the teacher's labels, accuracy where the teacher is wrong / right."""
+    row = {"step": step, "macro_f1": m["macro_f1"], "accuracy": m["accuracy"]}
+    if "accuracy_by_type" in m:
+        row["accuracy_by_type"] = m["accuracy_by_type"]
+    if "teacher_split" in m:
+        for name in ("teacher_wrong", "teacher_right"):
+            row[f"{name}_accuracy"] = m["teacher_split"][name]["accuracy"]
+    return row

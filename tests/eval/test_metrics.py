@@ -25,6 +25,7 @@ from agrl.eval.metrics import (
 from agrl.experiments.plots import (
     plot_curves,
     plot_per_type_accuracy,
+    plot_teacher_split,
     plot_zero_variance_and_trigger,
     seed_band,
     series_from_records,
@@ -287,7 +288,8 @@ def test_plots_write_pngs(tmp_path):
         {"GRPO": {"negation": 0.3, "qa": 0.6}, "AGRL": {"negation": 0.7, "knowledge": 0.4}},
         tmp_path / "fig3.png",
     )
-    for p in (p1, p2, p3):
+    p4 = plot_teacher_split(series, {"GRPO": curve(4)}, tmp_path / "fig4.png")
+    for p in (p1, p2, p3, p4):
         assert _is_png(p), p
 
 

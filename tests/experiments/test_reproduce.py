@@ -72,6 +72,7 @@ def test_quick_reproduce_end_to_end(quick_run):
         "fig1_accuracy",
         "fig2_zero_variance_trigger",
         "fig3_type_accuracy",
+        "fig4_teacher_split",
     ):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     results = json.loads((tmp_path / "results.json").read_text())
@@ -82,14 +83,16 @@ def test_quick_reproduce_end_to_end(quick_run):
             assert 0.0 <= mean <= 1.0 and math.isfinite(std)
             assert _finite(agg)
     for m in METHODS:
-        assert results["per_seed"]["0"]["models"][m]["evals"], m
+        evals = results["per_seed"]["0"]["models"][m]["evals"]
+        assert evals and all("teacher_wrong_accuracy" in e for e in evals), m
+        assert all(0.0 <= e["teacher_right_accuracy"] <= 1.0 for e in evals), m
     diag = results["per_seed"]["0"]["diagnostics"]
     assert 0.0 <= diag["overall"]["pass_at_g"] <= 1.0
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["machine"]["cpu_count"] >= 1 and "jax" in run["versions"]
     assert all(not v["reused"] for v in run["wall_seconds"].values())
     md = (tmp_path / "results.md").read_text()
-    assert "Oracle SFT" in md and "pass@" in md
+    assert "Oracle SFT" in md and "pass@" in md and "fig4_teacher_split.png" in md
     assert "where the teacher is wrong" in md and "AGRL vs GRPO on b_eval, per seed" in md
     assert len(results["agrl_vs_grpo"]["macro_f1"]["delta"]) == 1
     # a rerun on the same directory reuses every stage and keeps the first run's wall times
