@@ -6,7 +6,7 @@ how docs/results.md's SFT tables are made. It uses `agrl reproduce`'s defaults, 
 overrides (same keys), writes one directory per (recipe, seed) under --out and appends one
 JSON line per finished run to --out/calibration.jsonl.
 
-    python scripts/calibrate_sft.py --out runs/cal --name wd1 --seeds 0 1 2 \
+    python scripts/calibrate_sft.py --out runs/cal --name wd1 --seeds 0,1,2 \
         optim.weight_decay=1.0 world.n_b_eval=1000 train.eval_size=1000
 
 A finished (recipe, seed) directory is reused, so an interrupted sweep continues.
@@ -44,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="sweep directory (world shared by all runs)")
     ap.add_argument("--name", required=True, help="recipe name (a directory under --out)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     ap.add_argument("--teacher", action="store_true", help="also train the teacher SFT")
     ap.add_argument("overrides", nargs="*", help="section.key=value, as `agrl reproduce`")
     args = ap.parse_args()
@@ -56,7 +56,7 @@ def main() -> None:
     kinds = [("oracle", str(world_dir / "sft_gold.jsonl"))]
     if args.teacher:
         kinds.append(("sft", str(world_dir / "sft.jsonl")))
-    for seed in args.seeds:
+    for seed in (int(x) for x in args.seeds.split(",")):
         for kind, data in kinds:
             run_dir = Path(args.out) / args.name / f"seed{seed}" / kind
             if (run_dir / "eval.json").exists():
