@@ -21,7 +21,6 @@ from pathlib import Path
 
 from agrl.experiments.reproduce import _prepare_world
 from agrl.experiments.setup import build_plan, with_run
-from agrl.task.tokenizer import load_tokenizer
 from agrl.train.stages import run_sft
 
 
@@ -49,9 +48,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="section.key=value, as `agrl reproduce`")
     args = ap.parse_args()
     plan = build_plan(out=args.out, overrides=args.overrides)
-    world_dir = _prepare_world(plan)
-    tok = load_tokenizer(world_dir / "tokenizer")
-    del tok  # the run loads it itself; this checks the world before any training
+    world_dir = _prepare_world(plan)  # also checks the vocabulary against the tokenizer
     log = Path(args.out) / "calibration.jsonl"
     kinds = [("oracle", str(world_dir / "sft_gold.jsonl"))]
     if args.teacher:

@@ -70,17 +70,21 @@ def make_init_model(directory, world) -> None:
     save_pretrained(params, cfg, directory, tokenizer=load_tokenizer(f"{world}/tokenizer"))
 
 
-def rl_config(world, init, out, mesh: tuple[int, int, int]):
+def _config(settings: list[str], world, init, out, mesh: tuple[int, int, int]):
     from agrl.config import load_config
 
     data, fsdp, tensor = mesh
     return load_config(
         None,
         MODEL
-        + RUN
+        + settings
         + [f"paths.world={world}", f"paths.init={init}", f"paths.out={out}"]
         + [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"],
     )
+
+
+def rl_config(world, init, out, mesh: tuple[int, int, int]):
+    return _config(RUN, world, init, out, mesh)
 
 
 # SFT and DPO: the world's responses need T >= 31 tokens; 8 rows split over 8 devices.
@@ -93,16 +97,7 @@ SUPERVISED = [
 
 def supervised_config(world, init, out, mesh: tuple[int, int, int]):
     """SFT from the random init on the sft split, or DPO from it on the rl split."""
-    from agrl.config import load_config
-
-    data, fsdp, tensor = mesh
-    return load_config(
-        None,
-        MODEL
-        + SUPERVISED
-        + [f"paths.world={world}", f"paths.init={init}", f"paths.out={out}"]
-        + [f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}"],
-    )
+    return _config(SUPERVISED, world, init, out, mesh)
 
 
 def run_two_steps_with_resume(world, init, out, mesh) -> None:

@@ -94,12 +94,18 @@ def plot_zero_variance_and_trigger(
     xlabel: str = "RL step",
 ) -> Path:
     """Figure 2: zero-variance group fraction (left) and AGR trigger rate (right) vs step."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    _draw(left, zero_variance)
-    left.set_ylabel("zero-variance group fraction")
-    _draw(right, trigger_rate)
-    right.set_ylabel("AGR trigger rate")
-    for ax in (left, right):
+    panels = {"zero-variance group fraction": zero_variance, "AGR trigger rate": trigger_rate}
+    return _fraction_panels(panels, xlabel, path)
+
+
+def _fraction_panels(
+    panels: Mapping[str, Mapping[str, Series]], xlabel: str, path: str | os.PathLike
+) -> Path:
+    """Side-by-side panels {y label: series} of quantities in [0, 1] vs step."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharex=True)
+    for ax, (ylabel, series) in zip(axes, panels.items(), strict=True):
+        _draw(ax, series)
+        ax.set_ylabel(ylabel)
         ax.set_xlabel(xlabel)
         ax.set_ylim(-0.02, 1.02)
     return _save(fig, path)
@@ -145,12 +151,8 @@ def plot_teacher_split(
     """Figure 4: b_eval accuracy on the records the teacher labels wrong (left) and right
     (right) vs step, one line (or seed band) per method: where guidance with gold answers
     gains and what it may cost."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True)
-    _draw(left, teacher_wrong)
-    left.set_ylabel("accuracy where the teacher is wrong")
-    _draw(right, teacher_right)
-    right.set_ylabel("accuracy where the teacher is right")
-    for ax in (left, right):
-        ax.set_xlabel(xlabel)
-        ax.set_ylim(-0.02, 1.02)
-    return _save(fig, path)
+    panels = {
+        "accuracy where the teacher is wrong": teacher_wrong,
+        "accuracy where the teacher is right": teacher_right,
+    }
+    return _fraction_panels(panels, xlabel, path)
