@@ -180,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
 def add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a policy: sft, dpo or rl (grpo / grpo_pr / agrl / rrs_only / agr_only)",
+        help="train a policy: sft, dpo or rl (train.method: grpo, grpo_pr, agrl, ..., agrl_hint)",
         description=(
             "Run one training stage. The config is built from the method preset "
             "(train.method), then --config FILE (TOML), then the path flags, then "

@@ -16,6 +16,8 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "agrl": {},
     "rrs_only": {"guidance.enabled": False},
     "agr_only": {"reward.w_step": 0.0, "reward.gate": "none", "guidance.enabled": True},
+    # AGRL with guidance as a hint in the prompt instead of a forced prefix (docs/algorithm.md)
+    "agrl_hint": {"guidance.form": "hint"},
 }
 
 

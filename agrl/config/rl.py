@@ -85,6 +85,11 @@ class GuidanceConfig:
     """Adaptive guided replay, AGR (SPEC 5); implemented by agrl/rl/guidance.py."""
 
     enabled: bool = True
+    # How a guided rollout sees the gold record: "prefix" forces the first tokens of the
+    # gold response; "hint" samples it from the prompt plus a gold hint (deciding rule,
+    # gold verdicts, label) and trains its tokens under the unmodified prompt
+    # (docs/algorithm.md). Either way loss.forced_tokens decides how the tokens count.
+    form: Literal["prefix", "hint"] = "prefix"
     tau: float = 0.25  # trigger: group label accuracy <= tau
     slots_per_batch: int = 8  # fixed number of guided rollout slots per batch
     max_level: int = 3  # 0: label only; 1..max_level: level/max_level of the rationale
@@ -93,6 +98,7 @@ class GuidanceConfig:
     p_replay: float = 0.25  # chance an unsolved hard prompt re-enters a batch
 
     def __post_init__(self):
+        check(self.form in ("prefix", "hint"), "guidance.form", self.form, "must be prefix or hint")
         check(0.0 <= self.tau <= 1.0, "guidance.tau", self.tau, "must be in [0, 1]")
         check(
             self.slots_per_batch >= 0,

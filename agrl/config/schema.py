@@ -130,12 +130,14 @@ class OptimConfig:
 class TrainConfig:
     """The outer loop: steps, batch, evaluation, checkpoints."""
 
-    method: Literal["grpo", "grpo_pr", "agrl", "rrs_only", "agr_only"] = "agrl"
+    method: Literal["grpo", "grpo_pr", "agrl", "rrs_only", "agr_only", "agrl_hint"] = "agrl"
     seed: int = 0
     steps: int = 100
     prompts_per_step: int = 8
     eval_every: int = 10
-    eval_size: int = 128
+    eval_size: int = 128  # records of paths.eval_data in the final evaluation (the first N)
+    # records in the periodic RL evaluations (the learning curves); 0: eval_size
+    eval_curve_size: int = 0
     ckpt_every: int = 10
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
     response_order: Literal["label_first", "think_first"] = "label_first"
@@ -156,6 +158,9 @@ class TrainConfig:
             "train.prompts_per_step",
             self.prompts_per_step,
             "must be >= 1",
+        )
+        check(
+            self.eval_curve_size >= 0, "train.eval_curve_size", self.eval_curve_size, "must be >= 0"
         )
         check(self.max_nonfinite >= 1, "train.max_nonfinite", self.max_nonfinite, "must be >= 1")
 

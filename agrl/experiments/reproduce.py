@@ -246,14 +246,18 @@ def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path, tok) -> dict:
 def _stage_costs(plan: ReproducePlan) -> list[tuple[str, float]]:
     """(stage name, rough cost in 'SFT steps') for the overall ETA."""
     c = plan.cfg
-    sft = float(c.sft.steps) + 20
+    evals = 2 * 0.24 * c.train.eval_size  # b_eval + w_eval, ~0.025 s per greedy record
+    curve = c.train.eval_curve_size or c.train.eval_size
+    curves = 0.24 * curve * (c.train.steps // max(c.train.eval_every, 1))
+    sft = float(c.sft.steps) + 20 + evals
     mine = c.dpo.mine_prompts * c.dpo.pass_n / 16
     costs = [("world", 10.0)]
     for s in plan.seeds:
         costs += [(f"seed{s}/sft", sft), (f"seed{s}/oracle", sft)]
-        costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20)]
+        costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20 + evals)]
         costs += [(f"seed{s}/diagnostics", plan.diag_prompts * c.sampling.group_size / 16)]
-        rl = c.train.steps * 0.3 * c.train.prompts_per_step + 250  # ~0.05 s per prompt-step
+        # ~0.05 s per prompt-step, the compile, the curve and final evaluations
+        rl = c.train.steps * 0.3 * c.train.prompts_per_step + 250 + curves + evals
         costs += [(f"seed{s}/rl_{m}", rl) for m in METHODS]
     return costs
 

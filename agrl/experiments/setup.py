@@ -19,7 +19,7 @@ from agrl.config import (
 )
 from agrl.world.config import WorldConfig
 
-METHODS: tuple[str, ...] = ("grpo", "grpo_pr", "agrl", "rrs_only", "agr_only")
+METHODS: tuple[str, ...] = ("grpo", "grpo_pr", "agrl", "rrs_only", "agr_only", "agrl_hint")
 
 
 METHOD_NAMES = {
@@ -28,6 +28,7 @@ METHOD_NAMES = {
     "agrl": "AGRL",
     "rrs_only": "RRS only",
     "agr_only": "AGR only",
+    "agrl_hint": "AGRL (hint)",
 }
 
 
@@ -47,8 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "world": {
         "n_sft": 3000,
         "n_rl": 1000,
-        "n_b_eval": 256,
-        "n_w_eval": 256,
+        "n_b_eval": 1000,
+        "n_w_eval": 1000,
     },
     "model": {
         "vocab_size": 384,
@@ -83,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
         "steps": 100,
         "prompts_per_step": 32,
         "eval_every": 20,
-        "eval_size": 256,
+        "eval_size": 1000,
+        "eval_curve_size": 256,
         "ckpt_every": 20,
     },
     "guidance": {

@@ -189,12 +189,16 @@ def has_supervision(records: Sequence[dict]) -> bool:
 
 
 # ----------------------------------------------------------------------------- tokens
-def encode_prompts(tok, records: Sequence[dict], order: Order = "label_first") -> list[list[int]]:
-    """Prompt ids per record: [bos] (when the tokenizer has one) + the rendered prompt."""
+def encode_prompts(
+    tok, records: Sequence[dict], order: Order = "label_first", hints: Sequence[str] | None = None
+) -> list[list[int]]:
+    """Prompt ids per record: [bos] (when the tokenizer has one) + the rendered prompt, with
+    hints[i] in record i's prompt when given (guidance.form=hint)."""
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    hints = [None] * len(records) if hints is None else hints
     return [
-        bos + tok.encode(render_prompt(r["query"], r["item"], order), add_special_tokens=False)
-        for r in records
+        bos + tok.encode(render_prompt(r["query"], r["item"], order, h), add_special_tokens=False)
+        for r, h in zip(records, hints, strict=True)
     ]
 
 

@@ -78,11 +78,40 @@ def _check_order(order: str) -> None:
         raise ValueError(f"order={order!r}: must be one of {ORDERS}")
 
 
-def render_prompt(query: str, item: str, order: Order = "label_first") -> str:
-    """The judge prompt; it ends with the opener of the first response section."""
+def render_prompt(
+    query: str, item: str, order: Order = "label_first", hint: str | None = None
+) -> str:
+    """The judge prompt; it ends with the opener of the first response section. `hint`
+    (guidance.form=hint, `render_hint`) goes between the item and the opener."""
     _check_order(order)
     opener = LABEL_OPEN if order == "label_first" else THINK_OPEN
-    return f"{QUERY_TAG} {_words(query)} {ITEM_TAG} {_words(item)} {opener}"
+    middle = f" {_words(hint)}" if hint else ""
+    return f"{QUERY_TAG} {_words(query)} {ITEM_TAG} {_words(item)}{middle} {opener}"
+
+
+def hint_verdict_count(level: int, max_level: int, n_dims: int) -> int:
+    """Gold verdicts a hint at `level` shows: round(level / max_level * n_dims), rounding
+    half up, in integers (max_level 0: none), as guidance_length does for the prefix."""
+    if max_level == 0:
+        return 0
+    return min((2 * level * n_dims + max_level) // (2 * max_level), n_dims)
+
+
+def render_hint(
+    label: int, verdicts: Sequence[int] | None, n_verdicts: int, book: RuleBook | None = None
+) -> str:
+    """The gold hint of guidance.form=hint, in the format's own words:
+    "<think> <first n_verdicts gold verdicts> rule=<deciding rule> -> <label> </think>".
+    Without verdicts (label-only records or book) it is "<think> -> <label> </think>"."""
+    book = WORLD if book is None else book
+    words = [THINK_OPEN]
+    if verdicts is not None and book.has_rules and int(np.min(verdicts)) >= 0:
+        v = np.asarray(verdicts, dtype=np.int32).reshape(book.R)
+        shown = book.dims[: max(0, min(n_verdicts, book.R))]
+        words += [f"{d}={book.code_names[int(v[i])]}" for i, d in enumerate(shown)]
+        words.append(f"rule={deciding_rule(v, book)}")
+    words += [ARROW, str(int(label)), THINK_CLOSE]
+    return " ".join(words)
 
 
 def check_order(book: RuleBook | None, order: str) -> None:

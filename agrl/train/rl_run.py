@@ -134,8 +134,12 @@ def _rl_pool(cfg: Config, records: list[dict], tok, book: RuleBook) -> PromptPoo
     """The prompt pool, after the checks that need the records (the largest prompt
     bucket); says at start-up which reward and guidance are active, and when the step
     reward falls back to labels."""
-    pool = build_pool(records, tok, cfg.train.response_order, book)
+    hint = cfg.guidance.enabled and cfg.guidance.form == "hint"
+    pool = build_pool(records, tok, cfg.train.response_order, book,
+                      hint_max_level=cfg.guidance.max_level if hint else None)  # fmt: skip
     check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
+    if hint:  # the longest hint (the top level) must fit the buckets too
+        check_lengths(cfg, cfg.paths.train_data, records, pool.hint_ids[-1])
     if cfg.train.prompts_per_step > len(records):
         raise RunError(
             f"{cfg.paths.train_data}: train.prompts_per_step={cfg.train.prompts_per_step} "
@@ -147,8 +151,12 @@ def _rl_pool(cfg: Config, records: list[dict], tok, book: RuleBook) -> PromptPoo
         say("guidance: off")
     else:
         n_label = sum(not has_gold_rationale(r) for r in records)
+        form = (
+            "hint: guided rollouts see the gold rule, verdicts and label in the prompt"
+            if g.form == "hint" else "prefix: level 0 forces the gold label"
+        )  # fmt: skip
         say(
-            f"guidance: AGR, levels 0..{g.max_level} (level 0 forces the gold label)"
+            f"guidance: AGR, levels 0..{g.max_level} ({form})"
             + (f"; label only for {n_label} records without a gold rationale" if n_label else "")
         )
     message = fallback_message(pool.has_verdicts, book)

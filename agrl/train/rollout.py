@@ -42,7 +42,7 @@ from agrl.task.data import (
     pad_right,
     verdict_array,
 )
-from agrl.task.format import gold_text, has_gold_rationale
+from agrl.task.format import gold_text, has_gold_rationale, hint_verdict_count, render_hint
 from agrl.task.rules import RuleBook, load_rule_book
 from agrl.train.steps import TrainState, make_logps_fn, make_rl_step
 
@@ -58,6 +58,8 @@ class PromptPool:
     gold_ids: np.ndarray  # [M, Lg] int32 gold response tokens (label first), pad after
     gold_len: np.ndarray  # [M] int32
     query_type: tuple[str, ...]  # M names ("" when unknown)
+    # guidance.form=hint: hint_ids[level][m] = prompt m with its gold hint at that level
+    hint_ids: tuple[tuple[np.ndarray, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -207,7 +209,7 @@ def rl_iteration(
     if unguided.guided.any():  # AGR: the chosen rows are re-rolled from a forced prefix
         with clock("sample"):
             _guided_reroll(ctx, state.params, prompt_ids, prompt_mask, unguided, k_guided,
-                           out=(tokens, mask, forced_mask))  # fmt: skip
+                           out=(tokens, mask, forced_mask), hints=(batch_idx, levels))  # fmt: skip
         with clock("parse_reward"):
             parsed = _parse(ctx, tokens, mask)
             scores = jax.device_get(ctx.score(parsed, gold, levels, slots=0))
@@ -277,17 +279,28 @@ def _parse(ctx: RLContext, tokens: np.ndarray, mask: np.ndarray) -> Parsed:
     )
 
 
-def _guided_reroll(ctx, params, prompt_ids, prompt_mask, scores: Scores, key, out) -> None:
-    """Re-roll the guided rows of scores.guided [B, G] from their forced prefixes and write
-    them into out = (tokens, mask, forced_mask) [N, T].  The sampler always gets S =
-    slots_per_batch rows (static shape): the guided rows in row order, then copies of the
-    first with an empty prefix, discarded."""
+def _guided_reroll(ctx, params, prompt_ids, prompt_mask, scores: Scores, key, out, hints) -> None:
+    """Re-roll the guided rows of scores.guided [B, G] and write them into out = (tokens,
+    mask, forced_mask) [N, T].  The sampler always gets S = slots_per_batch rows (static
+    shape): the guided rows in row order, then copies of the first, discarded.
+
+    guidance.form=prefix: each row continues its forced gold prefix (copies: an empty one).
+    guidance.form=hint: each row is sampled from its prompt with the gold hint at the
+    prompt's level (hints = (batch_idx [B], levels [B])); every token it generates counts
+    as a guided token (forced_mask), since the update scores it under the plain prompt."""
     G, S = ctx.cfg.sampling.group_size, guided_slots(ctx.cfg)
     rows = np.flatnonzero(scores.guided.reshape(-1))  # <= S rows, in row order
     take = np.concatenate([rows, np.full(S - rows.size, rows[0])])
-    forced_len = np.where(np.arange(S) < rows.size, scores.forced_len[take], 0)
-    new = _sample(ctx.guided_sampler, params, prompt_ids[take // G], prompt_mask[take // G],
-                  key, scores.forced_ids[take], forced_len)  # fmt: skip
+    if ctx.cfg.guidance.form == "hint":
+        batch_idx, levels = hints
+        seqs = [ctx.pool.hint_ids[levels[b]][batch_idx[b]] for b in take // G]
+        ids, pmask = pad_left(seqs, ctx.sampler.bucket(max(len(x) for x in seqs)), ctx.pad_id)
+        new = _sample(ctx.guided_sampler, params, ids, pmask, key)
+        new[2][:] = new[1]  # all generated tokens are off-policy under the plain prompt
+    else:
+        forced_len = np.where(np.arange(S) < rows.size, scores.forced_len[take], 0)
+        new = _sample(ctx.guided_sampler, params, prompt_ids[take // G], prompt_mask[take // G],
+                      key, scores.forced_ids[take], forced_len)  # fmt: skip
     for dst, src in zip(out, new, strict=True):
         dst[rows] = src[: rows.size]
 
@@ -332,13 +345,21 @@ def _rl_batch(ctx, params, ref_params, prompt_ids, prompt_mask, ro: Rollout) -> 
     return RLBatch(**x, ref_logps=ref, old_logps=old)
 
 
-def build_pool(records: list[dict], tok, order: str, book: RuleBook | None = None) -> PromptPool:
+def build_pool(
+    records: list[dict],
+    tok,
+    order: str,
+    book: RuleBook | None = None,
+    hint_max_level: int | None = None,
+) -> PromptPool:
     """Tokenised prompts and gold fields of a split (gold response = what AGR forces).
 
     The gold response is `gold_response`, else label + `rationale`, else the label alone
     (agrl.task.format.gold_text). Without a gold rationale guidance is label-only: the
     forced prefix is the gold label token at every level (none in think-first order, where
-    the label is not the first token).
+    the label is not the first token). With hint_max_level (guidance.form=hint) the pool
+    also holds each prompt with its gold hint at every level 0..hint_max_level
+    (agrl.task.format.render_hint; records without verdicts get the label-only hint).
     """
     book = load_rule_book("world") if book is None else book
     prompts = [np.asarray(x, np.int32) for x in encode_prompts(tok, records, order)]
@@ -357,6 +378,12 @@ def build_pool(records: list[dict], tok, order: str, book: RuleBook | None = Non
     with_v = has_verdicts(records)
     shape = (len(records), book.R)
     verdicts = verdict_array(records, book) if with_v else np.full(shape, -1, np.int32)
+    hint_ids: tuple[tuple[np.ndarray, ...], ...] = ()
+    if hint_max_level is not None:
+        hint_ids = tuple(
+            tuple(np.asarray(x, np.int32) for x in encode_prompts(tok, records, order, hints))
+            for hints in _hints(records, verdicts if with_v else None, hint_max_level, book)
+        )
     return PromptPool(
         prompt_ids=tuple(prompts),
         gold_label=np.asarray([r["label"] for r in records], np.int32),
@@ -365,7 +392,24 @@ def build_pool(records: list[dict], tok, order: str, book: RuleBook | None = Non
         gold_ids=gold_ids,
         gold_len=gold_mask.sum(-1).astype(np.int32),
         query_type=tuple(r.get("query_type", "") for r in records),
+        hint_ids=hint_ids,
     )
+
+
+def _hints(records, verdicts, max_level: int, book: RuleBook) -> list[list[str]]:
+    """hints[level][m]: record m's gold hint at each level 0..max_level."""
+    return [
+        [
+            render_hint(
+                r["label"],
+                None if verdicts is None else verdicts[m],
+                hint_verdict_count(level, max_level, book.R),
+                book,
+            )  # fmt: skip
+            for m, r in enumerate(records)
+        ]
+        for level in range(max_level + 1)
+    ]
 
 
 __all__ = [

@@ -274,18 +274,22 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     evals: list[dict] = [] if host is None else list(host["evals"])
     if host is not None:
         rl.load(arrays, host)
-    evals_on = eval_records(cfg)  # with the rule book prepare_rl resolved
+    final_on = eval_records(cfg)  # with the rule book prepare_rl resolved
+    evals_on = final_on[: cfg.train.eval_curve_size or None]  # the learning curves' records
     watch = ZeroVarianceWatch(cfg.train.zero_variance_warn_steps)
     logger = MetricsLogger(out, resume_step=step0, enabled=is_main_process())
 
-    def maybe_eval(step: int, params) -> dict:
-        if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
-            return {}
+    def curve_eval(step: int, params) -> dict:
         if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
             params = local_copy(tree_to_host(params))
         m, _ = evaluate_policy(params, cfg, tok, evals_on)
         evals.append(_eval_row(step, m))
         return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
+
+    def maybe_eval(step: int, params) -> dict:
+        if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
+            return {}
+        return curve_eval(step, params)
 
     def body(step):
         t = time.perf_counter()
@@ -303,7 +307,10 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     logger.close()
     summary = finish_run(run, rl.state.params, cfg, tok, stop_after, step0)
     if summary["complete"] and summary.get("eval"):
-        evals.append(_eval_row(cfg.train.steps, summary["eval"]))
+        if len(evals_on) == len(final_on):  # the final evaluation is the curve's last point
+            evals.append(_eval_row(cfg.train.steps, summary["eval"]))
+        else:
+            curve_eval(cfg.train.steps, rl.state.params)
     if is_main_process():
         (out / "evals.json").write_text(json.dumps(evals, indent=2, default=float))
     summary["evals"] = evals

@@ -94,7 +94,7 @@ def test_agr_methods_follow_the_presets():
     from agrl.config import with_method
 
     agr = [m for m in METHODS if with_method(Config(), m).guidance.enabled]
-    assert agr == ["agrl", "agr_only"]
+    assert agr == ["agrl", "agr_only", "agrl_hint"]
 
 
 def test_teacher_split_counts_by_hand():

@@ -6,11 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agrl.task.format import (
+    FORMAT_WORDS,
     LABEL_OPEN,
     THINK_OPEN,
     assemble_response,
+    hint_verdict_count,
     parse_batch,
     parse_response,
+    render_hint,
     render_prompt,
     render_response,
 )
@@ -140,3 +143,30 @@ def test_parser_never_raises_on_corrupted_responses(edits, order):
     assert p.label in (0, 1, 2, 3, 4)
     if p.format_ok:
         assert (p.verdicts != MISSING).all()
+
+
+def test_hint_verdict_count_rounds_half_up_like_the_prefix_length():
+    # round(level / max_level * R), half up: R = 6, max_level 3 -> 0, 2, 4, 6; max_level 4
+    # -> 0, 1.5 -> 2, 3, 4.5 -> 5, 6; max_level 0 -> none
+    assert [hint_verdict_count(lv, 3, 6) for lv in range(4)] == [0, 2, 4, 6]
+    assert [hint_verdict_count(lv, 4, 6) for lv in range(5)] == [0, 2, 3, 5, 6]
+    assert hint_verdict_count(0, 0, 6) == 0
+    for max_level in range(1, 6):  # the reference: floor(level * R / max_level + 1/2)
+        for lv in range(max_level + 1):
+            assert hint_verdict_count(lv, max_level, R) == int(np.floor(lv * R / max_level + 0.5))
+
+
+def test_hint_text_and_hinted_prompt(records):
+    r = records[0]
+    v = np.asarray([CODE_OF_NAME[r["verdicts"][d]] for d in DIMS])
+    rule = r["rationale"].split("rule=")[1].split()[0]
+    assert render_hint(r["label"], v, 0) == f"<think> rule={rule} -> {r['label']} </think>"
+    full = render_hint(r["label"], v, R)
+    stated = " ".join(f"{d}={r['verdicts'][d]}" for d in DIMS)
+    assert full == f"<think> {stated} rule={rule} -> {r['label']} </think>"
+    assert render_hint(2, None, 3) == "<think> -> 2 </think>"  # no verdicts: the label only
+    assert render_hint(2, np.full(R, MISSING), 3) == "<think> -> 2 </think>"
+    prompt = render_prompt(r["query"], r["item"], "label_first", full)
+    assert prompt == f"{render_prompt(r['query'], r['item'])[: -len(' <label>')]} {full} <label>"
+    # every hint word is a format word, so the world's word-level tokenizer knows it
+    assert set(full.split()) <= set(FORMAT_WORDS)

@@ -238,3 +238,48 @@ def test_rl_iteration_on_a_tiny_model(tiny_run):
     table = train_state_shardings(cfg.model, opt, rl.ctx.mesh)
     assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, rl.state)) == jax.tree.leaves(table)
     np.testing.assert_array_equal(rl.replay.last_step[ro.prompt_idx], 0)
+
+
+@pytest.mark.slow
+def test_hint_guidance_samples_from_hinted_prompts(tmp_path_factory):
+    """guidance.form=hint: guided rows are sampled from the prompt plus the gold hint at
+    the prompt's level (no forced prefix), every token they generate is a guided token, and
+    the update scores them under the plain prompt (the batch's prompts are the pool's)."""
+    import multihost_worker as mw
+
+    from agrl.task.tokenizer import load_tokenizer
+    from agrl.train.loop import resolve_paths
+    from agrl.train.rl_run import prepare_rl
+
+    mw.register_lenient_reward()
+    world, init = tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("init")
+    mw.make_world(world)
+    mw.make_init_model(init, world)
+    cfg = mw.rl_config(world, init, tmp_path_factory.mktemp("out"), (1, 1, 1))
+    cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, form="hint"))
+    rl = prepare_rl(resolve_paths(cfg, "rl"))
+    tok = load_tokenizer(world / "tokenizer")
+    seen = []
+    inner = rl.ctx.guided_sampler
+
+    def spy(params, prompt_ids, prompt_mask, key, *forced):
+        seen.append((np.asarray(prompt_ids), np.asarray(prompt_mask), forced))
+        return inner(params, prompt_ids, prompt_mask, key, *forced)
+
+    spy.bucket = inner.bucket
+    rl.ctx.guided_sampler = spy
+    _, ro = rl.step(0)
+
+    G, pool = cfg.sampling.group_size, rl.ctx.pool
+    rows = np.flatnonzero(ro.guided)
+    assert rows.size == cfg.guidance.slots_per_batch and len(seen) == 1
+    ids, pmask, forced = seen[0]
+    assert forced == ()  # no forced prefix
+    for j, r in enumerate(rows):
+        p, level = ro.prompt_idx[r // G], ro.levels[r // G]
+        text = tok.decode(ids[j][pmask[j].astype(bool)].tolist())
+        assert " <think> " in text and text.endswith(" <label>")
+        np.testing.assert_array_equal(ids[j][pmask[j].astype(bool)], pool.hint_ids[level][p])
+        assert f"-> {pool.gold_label[p]} </think>" in text
+        np.testing.assert_array_equal(ro.forced_mask[r], ro.mask[r])  # all its tokens
+    assert not ro.forced_mask[~ro.guided].any()
