@@ -9,7 +9,9 @@ JSON line per finished run to --out/calibration.jsonl.
     python scripts/calibrate_sft.py --out runs/cal --name wd1 --seeds 0,1,2 \
         optim.weight_decay=1.0 world.n_b_eval=1000 train.eval_size=1000
 
-A finished (recipe, seed) directory is reused, so an interrupted sweep continues.
+A finished (recipe, seed) directory is reused, so an interrupted sweep continues. With
+`sft.eval_every=N train.eval_curve_size=M` each row also carries the learning curve
+(macro-F1 on the first M b_eval records every N steps).
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ def _summary(ev: dict) -> dict:
     return out
 
 
+def _curve(run_dir: Path) -> list[list[float]]:
+    """[step, macro-F1 %] points of the run's learning curve (sft.eval_every > 0)."""
+    path = run_dir / "evals.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    return [[r["step"], round(100 * r["macro_f1"], 1)] for r in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="sweep directory (world shared by all runs)")
@@ -65,7 +74,8 @@ def main() -> None:
             wall = time.perf_counter() - t
             ev = json.loads((run_dir / "eval.json").read_text())
             row = {"name": args.name, "kind": kind, "seed": seed, "wall_s": round(wall, 1),
-                   "overrides": args.overrides, **_summary(ev)}  # fmt: skip
+                   "overrides": args.overrides, **_summary(ev),
+                   "curve": _curve(run_dir)}  # fmt: skip
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)

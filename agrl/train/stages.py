@@ -102,6 +102,48 @@ def _checked_eval_records(cfg: Config, tok) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------
+# Learning curves: periodic greedy evaluations into evals.json (SFT and RL).
+
+
+class Curve:
+    """Evaluations every `every` steps on the first train.eval_curve_size eval records
+    (0: train.eval_size), one `_eval_row` per point; `rows` is checkpointed with the run."""
+
+    def __init__(self, cfg: Config, tok, every: int, rows: list[dict], always: bool = False):
+        """always: the final evaluation is a point and evals.json is written even when
+        every = 0 (RL); otherwise only a run with a curve writes one (SFT / DPO)."""
+        self.cfg, self.tok, self.every, self.rows = cfg, tok, every, rows
+        self.always = always
+        self.final_on = eval_records(cfg)
+        self.on = self.final_on[: cfg.train.eval_curve_size or None]
+
+    def evaluate(self, step: int, params) -> dict:
+        if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
+            params = local_copy(tree_to_host(params))
+        m, _ = evaluate_policy(params, self.cfg, self.tok, self.on)
+        self.rows.append(_eval_row(step, m))
+        return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
+
+    def maybe(self, step: int, params) -> dict:
+        if not self.on or self.every <= 0 or step % self.every:
+            return {}
+        return self.evaluate(step, params)
+
+    def finish(self, out: Path, summary: dict, steps: int, params) -> None:
+        """The last point (the final evaluation when it used the same records), then
+        evals.json."""
+        drawn = self.always or self.every > 0
+        if summary["complete"] and summary.get("eval") and drawn:
+            if len(self.on) == len(self.final_on):
+                self.rows.append(_eval_row(steps, summary["eval"]))
+            else:
+                self.evaluate(steps, params)
+        if is_main_process() and drawn:
+            (out / "evals.json").write_text(json.dumps(self.rows, indent=2, default=float))
+        summary["evals"] = self.rows
+
+
+# ---------------------------------------------------------------------------------------
 # SFT.
 
 
@@ -135,7 +177,7 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
 
     return _run_supervised(
         cfg, tok, "sft", cfg.sft.steps, params, optimizer, mesh, len(records), bs, step,
-        resume, stop_after,
+        resume, stop_after, eval_every=cfg.sft.eval_every,
     )  # fmt: skip
 
 
@@ -163,11 +205,13 @@ def _say_rows(desc: str, rows: int, mesh: Mesh) -> None:
 def _run_supervised(
     cfg: Config, tok, desc: str, total_steps: int, params, optimizer, mesh: Mesh,
     n_examples: int, batch_size: int, step, resume: bool, stop_after: int | None, post=None,
+    eval_every: int = 0,
 ) -> dict:  # fmt: skip
     """The SFT / DPO loop: shuffled batches of example indices fed to step(state, idx),
-    with checkpoints, resume, metrics and the final export + evaluation.  params: placed on
-    `mesh` (donated with the train state, whose optimizer moments are created on their
-    shards); every process draws the same indices and puts only its own rows."""
+    with checkpoints, resume, metrics, a learning curve every `eval_every` steps and the
+    final export + evaluation.  params: placed on `mesh` (donated with the train state,
+    whose optimizer moments are created on their shards); every process draws the same
+    indices and puts only its own rows."""
     run = Run(cfg, Path(cfg.paths.out), total_steps, max(1, cfg.train.ckpt_every), desc)
     batches = BatchSampler(n_examples, cfg.train.seed)
     kd = key_data(jax.random.key(cfg.train.seed))
@@ -177,23 +221,27 @@ def _run_supervised(
     if host is not None:
         batches.load_state_dict(host["batches"])
     state = arrays["train"]
+    curve = Curve(cfg, tok, eval_every, [] if host is None else list(host.get("evals", [])))
     # step0 is 0 without a checkpoint: a run killed before its first one starts afresh
     logger = MetricsLogger(run.out, resume_step=step0, enabled=is_main_process())
 
     def body(i):
         nonlocal state
+        ev = curve.maybe(i, state.params)
         idx, _ = batches.next(batch_size, None, 0.0, 0.0)
         state, m = step(state, idx)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
-        return m if post is None else post(m)
+        return {**(m if post is None else post(m)), **ev}
 
     def save(i):
-        run.ckpt.save(i, {"train": state, "key": arrays["key"]},
-                      {"step": i, "batches": batches.state_dict()})  # fmt: skip
+        host = {"step": i, "batches": batches.state_dict(), "evals": curve.rows}
+        run.ckpt.save(i, {"train": state, "key": arrays["key"]}, host)
 
     run.loop(step0, stop_after, body, save, logger)
     logger.close()
-    return finish_run(run, state.params, cfg, tok, stop_after, step0)
+    summary = finish_run(run, state.params, cfg, tok, stop_after, step0)
+    curve.finish(run.out, summary, total_steps, state.params)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,26 +322,13 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     evals: list[dict] = [] if host is None else list(host["evals"])
     if host is not None:
         rl.load(arrays, host)
-    final_on = eval_records(cfg)  # with the rule book prepare_rl resolved
-    evals_on = final_on[: cfg.train.eval_curve_size or None]  # the learning curves' records
+    curve = Curve(cfg, tok, cfg.train.eval_every, evals, always=True)  # prepare_rl's book
     watch = ZeroVarianceWatch(cfg.train.zero_variance_warn_steps)
     logger = MetricsLogger(out, resume_step=step0, enabled=is_main_process())
 
-    def curve_eval(step: int, params) -> dict:
-        if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
-            params = local_copy(tree_to_host(params))
-        m, _ = evaluate_policy(params, cfg, tok, evals_on)
-        evals.append(_eval_row(step, m))
-        return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
-
-    def maybe_eval(step: int, params) -> dict:
-        if not evals_on or cfg.train.eval_every <= 0 or step % cfg.train.eval_every:
-            return {}
-        return curve_eval(step, params)
-
     def body(step):
         t = time.perf_counter()
-        ev = maybe_eval(step, rl.state.params)
+        ev = curve.maybe(step, rl.state.params)
         m, _ = rl.step(step)
         watch.update(step, m)
         m.update(ev, time_eval=time.perf_counter() - t - m["time_iteration"])
@@ -306,14 +341,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     run.loop(step0, stop_after, body, save, logger)
     logger.close()
     summary = finish_run(run, rl.state.params, cfg, tok, stop_after, step0)
-    if summary["complete"] and summary.get("eval"):
-        if len(evals_on) == len(final_on):  # the final evaluation is the curve's last point
-            evals.append(_eval_row(cfg.train.steps, summary["eval"]))
-        else:
-            curve_eval(cfg.train.steps, rl.state.params)
-    if is_main_process():
-        (out / "evals.json").write_text(json.dumps(evals, indent=2, default=float))
-    summary["evals"] = evals
+    curve.finish(out, summary, cfg.train.steps, rl.state.params)
     return summary
 
 

@@ -40,10 +40,26 @@ def world(tmp_path_factory):
 def sft_model(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     cfg = load_config(
-        None, TINY + [f"paths.world={world}", f"paths.out={out}", "sft.steps=4", "sft.lr=1e-2"]
+        None,
+        TINY + [f"paths.world={world}", f"paths.out={out}", "sft.steps=4", "sft.lr=1e-2",
+                "sft.eval_every=2", "train.eval_curve_size=4"],  # fmt: skip
     )
     summary = run_sft(cfg)
     return summary
+
+
+def test_sft_learning_curve(sft_model):
+    """sft.eval_every=2 over 4 steps: points at steps 0 and 2 on the first
+    train.eval_curve_size=4 records, and the end (step 4) on those same 4 records, while the
+    final evaluation (eval.json) covers train.eval_size=8."""
+    out = Path(sft_model["out"])
+    rows = json.loads((out / "evals.json").read_text())
+    assert [r["step"] for r in rows] == [0, 2, 4] == [r["step"] for r in sft_model["evals"]]
+    assert json.loads((out / "eval.json").read_text())["n"] == 8
+    logged = {r["step"]: r for r in read_metrics(out)}
+    assert "eval/macro_f1" in logged[0] and "eval/macro_f1" in logged[2]
+    assert "eval/macro_f1" not in logged[1]
+    assert all(0 <= r["macro_f1"] <= 1 for r in rows)
 
 
 def _rl_cfg(world, init, out, method="agrl", extra=()):
