@@ -196,6 +196,9 @@ class SFTConfig:
     batch_size: int = 32
     lr: float = 2e-3
     warmup_frac: float = 0.05
+    # AdamW decoupled weight decay of SFT; None: optim.weight_decay (docs/results.md has
+    # the calibration behind the reproduce default)
+    weight_decay: float | None = None
     # evaluate on the first train.eval_curve_size eval records every N steps (the SFT
     # learning curve in evals.json, as RL's train.eval_every); 0: only at the end
     eval_every: int = 0
@@ -203,6 +206,12 @@ class SFTConfig:
     def __post_init__(self):
         check(self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
         check(self.eval_every >= 0, "sft.eval_every", self.eval_every, "must be >= 0")
+        check(
+            self.weight_decay is None or self.weight_decay >= 0,
+            "sft.weight_decay",
+            self.weight_decay,
+            "must be >= 0 (or unset: optim.weight_decay)",
+        )
         check(self.batch_size >= 1, "sft.batch_size", self.batch_size, "must be >= 1")
         check(self.lr > 0, "sft.lr", self.lr, "must be > 0")
 

@@ -374,8 +374,13 @@ def save_model(out: Path, params, cfg: Config, tok) -> Path:
     return export_model(params, cfg, tok, out / "model")
 
 
-def optim_with(lr: float, warmup_frac: float, base: OptimConfig) -> OptimConfig:
-    return dataclasses.replace(base, lr=lr, warmup_frac=warmup_frac)
+def optim_with(
+    lr: float, warmup_frac: float, base: OptimConfig, weight_decay: float | None = None
+) -> OptimConfig:
+    """The optimizer of a stage: `base` with the stage's learning rate, warm-up and (when
+    not None) weight decay."""
+    wd = base.weight_decay if weight_decay is None else weight_decay
+    return dataclasses.replace(base, lr=lr, warmup_frac=warmup_frac, weight_decay=wd)
 
 
 def eval_records(cfg: Config) -> list[dict]:

@@ -162,7 +162,8 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     _checked_eval_records(cfg, tok)
     params, cfg, mesh = _placed_policy(cfg)
     optimizer = make_optimizer(
-        optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim), cfg.sft.steps
+        optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim, cfg.sft.weight_decay),
+        cfg.sft.steps,
     )
     bs = min(cfg.sft.batch_size, len(records))
     if bs < cfg.sft.batch_size:

@@ -168,3 +168,16 @@ def test_moved_fields_say_where_they_went(old, new):
     section, field = new.split(".")
     cfg = build_config(overrides=[f"{new}={old.split('=')[1]}"])
     assert str(getattr(getattr(cfg, section), field)) in old
+
+
+def test_sft_weight_decay_overrides_the_shared_optimizer_only_for_sft():
+    from agrl.train.loop import optim_with
+
+    cfg = load_config(None, ["optim.weight_decay=0.01", "sft.weight_decay=1.0"])
+    sft = optim_with(cfg.sft.lr, cfg.sft.warmup_frac, cfg.optim, cfg.sft.weight_decay)
+    assert (sft.weight_decay, sft.lr, cfg.optim.weight_decay) == (1.0, cfg.sft.lr, 0.01)
+    unset = load_config(None, ["optim.weight_decay=0.01"])
+    assert unset.sft.weight_decay is None
+    assert optim_with(1e-3, 0.0, unset.optim, unset.sft.weight_decay).weight_decay == 0.01
+    with pytest.raises(ConfigError, match="sft.weight_decay"):
+        load_config(None, ["sft.weight_decay=-1"])
