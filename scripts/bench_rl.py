@@ -49,8 +49,8 @@ from agrl.model import preset
 from agrl.model.params import init_params
 from agrl.task.rules import R
 from agrl.task.tokenizer import LABEL_WORDS, build_tokenizer
+from agrl.train.pool import PromptPool
 from agrl.train.rl_run import RLRun, prepare_rl
-from agrl.train.rollout import PromptPool
 
 STAGES = ("time_sample", "time_parse_reward", "time_ref_logps", "time_update", "time_iteration")
 BENCH_DIR = Path(__file__).resolve().parents[2] / "shared" / "bench"

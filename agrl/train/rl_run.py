@@ -34,14 +34,8 @@ from agrl.train.loop import (
     resolve_task,
     say,
 )
-from agrl.train.rollout import (
-    BatchSampler,
-    PromptPool,
-    RLContext,
-    build_pool,
-    make_rl_context,
-    rl_iteration,
-)
+from agrl.train.pool import PromptPool, build_pool
+from agrl.train.rollout import BatchSampler, RLContext, make_rl_context, rl_iteration
 from agrl.train.steps import TrainState, init_sharded_train_state, make_optimizer
 
 

@@ -31,7 +31,8 @@ from agrl.sampling import make_sampler
 from agrl.task.data import load_records
 from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.metrics_log import read_metrics
-from agrl.train.rollout import build_pool, make_rl_context, rl_iteration
+from agrl.train.pool import build_pool
+from agrl.train.rollout import make_rl_context, rl_iteration
 from agrl.train.steps import (
     init_sharded_train_state,
     init_train_state,

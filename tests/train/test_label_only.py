@@ -13,7 +13,7 @@ from agrl.task.format import format_words, render_prompt
 from agrl.task.rules import LABEL_ONLY
 from agrl.task.tokenizer import build_tokenizer, label_token_ids, load_tokenizer
 from agrl.train.loop import ZeroVarianceWatch
-from agrl.train.rollout import build_pool
+from agrl.train.pool import build_pool
 
 COLORS, THINGS = ("red", "blue", "green"), ("kettle", "scarf", "lamp")
 

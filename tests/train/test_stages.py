@@ -39,11 +39,9 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sft_model(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
-    cfg = load_config(
-        None,
-        TINY + [f"paths.world={world}", f"paths.out={out}", "sft.steps=4", "sft.lr=1e-2",
-                "sft.eval_every=2", "train.eval_curve_size=4"],  # fmt: skip
-    )
+    run = [f"paths.world={world}", f"paths.out={out}", "sft.steps=4", "sft.lr=1e-2"]
+    curve = ["sft.eval_every=2", "train.eval_curve_size=4"]
+    cfg = load_config(None, TINY + run + curve)
     summary = run_sft(cfg)
     return summary
 
