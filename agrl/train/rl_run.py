@@ -24,8 +24,6 @@ from agrl.task.rules import RuleBook
 from agrl.task.tokenizer import eos_ids, load_tokenizer
 from agrl.train.loop import (
     RunError,
-    check_lengths,
-    check_vocab,
     key_data,
     load_policy,
     load_reference,
@@ -35,6 +33,7 @@ from agrl.train.loop import (
     say,
 )
 from agrl.train.pool import PromptPool, build_pool
+from agrl.train.preflight import check_lengths, check_vocab
 from agrl.train.rollout import BatchSampler, RLContext, make_rl_context, rl_iteration
 from agrl.train.steps import TrainState, init_sharded_train_state, make_optimizer
 

@@ -40,8 +40,6 @@ from agrl.train.loop import (
     Run,
     RunError,
     ZeroVarianceWatch,
-    check_lengths,
-    check_vocab,
     eval_records,
     finish_run,
     frozen_copy,
@@ -55,6 +53,7 @@ from agrl.train.loop import (
 )
 from agrl.train.metrics_log import MetricsLogger
 from agrl.train.pairs import load_pair_cache, mine_pairs, save_pair_cache
+from agrl.train.preflight import check_lengths, check_vocab
 from agrl.train.rl_run import prepare_rl
 from agrl.train.rollout import BatchSampler
 from agrl.train.steps import (
