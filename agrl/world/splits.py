@@ -26,11 +26,10 @@ from agrl.world.generate import (
     feasible_types,
     item_summary,
     query_summary,
-    query_text,
     sample_pair,
-    title_text,
 )
 from agrl.world.teacher import draw_slices, teacher_judge, teacher_knowledge
+from agrl.world.text import query_text, title_text
 
 GEN_ORDER: tuple[str, ...] = ("b_eval", "w_eval", "rl", "sft")
 SPLIT_INDEX = {s: i for i, s in enumerate(SPLITS)}

@@ -181,7 +181,8 @@ def test_default_world_is_fast(tmp_path):
 def test_every_query_attribute_is_in_the_query_text():
     """What the rule engine checks is in the prompt: a qa query's secondary attribute (label
     3 always has one) is rendered, as for every other type (issue 16: it used to be lost)."""
-    from agrl.world.generate import query_text, sample_query
+    from agrl.world.generate import sample_query
+    from agrl.world.text import query_text
 
     rng = np.random.default_rng(0)
     cfg = WorldConfig()
