@@ -176,8 +176,12 @@ def grpo_loss(logps, old, ref, adv, mask, forced_mask, cfg, mode, gamma):
     return loss, tok, active
 
 
-def sft_loss(logps, mask):
-    return -logps[mask.astype(bool)].mean()
+def sft_loss(logps, mask, label_weight=1.0):
+    """Weighted mean of -logp over response tokens; column 0 (the label) weighs label_weight."""
+    w = mask.astype(np.float64)
+    w[:, 0] *= label_weight
+    nll = -np.where(mask.astype(bool), logps.astype(np.float64), 0.0)
+    return (w * nll).sum() / w.sum()
 
 
 def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta):

@@ -199,6 +199,9 @@ class SFTConfig:
     # AdamW decoupled weight decay of SFT; None: optim.weight_decay (docs/results.md has
     # the calibration behind the reproduce default)
     weight_decay: float | None = None
+    # loss weight of the label token (the first response token, label-first order only)
+    # relative to every other response token; 1: the plain token mean
+    label_weight: float = 1.0
     # evaluate on the first train.eval_curve_size eval records every N steps (the SFT
     # learning curve in evals.json, as RL's train.eval_every); 0: only at the end
     eval_every: int = 0
@@ -206,6 +209,7 @@ class SFTConfig:
     def __post_init__(self):
         check(self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
         check(self.eval_every >= 0, "sft.eval_every", self.eval_every, "must be >= 0")
+        check(self.label_weight > 0, "sft.label_weight", self.label_weight, "must be > 0")
         check(
             self.weight_decay is None or self.weight_decay >= 0,
             "sft.weight_decay",

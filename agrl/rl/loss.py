@@ -213,13 +213,20 @@ def policy_loss(
     )
 
 
-def sft_loss(logps: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Token cross-entropy on response tokens: -sum(logp * mask) / sum(mask).
+def sft_loss(
+    logps: jax.Array, mask: jax.Array, label_weight: float = 1.0
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted token cross-entropy on response tokens: -sum(w * logp) / sum(w), w = mask
+    with the first response token (the label, in label-first order) weighted label_weight.
 
-    logps [N, T]: log-probabilities of the target tokens; mask [N, T]: response tokens.
+    logps [N, T]: log-probabilities of the target tokens; mask [N, T]: response tokens,
+    right-padded (column 0 is each response's first token). label_weight = 1: the plain
+    token mean. n_tokens is the weighted count sum(w), so micro-batches combine exactly.
     """
     m = mask.astype(jnp.float32)
-    nll_sum = -jnp.where(mask.astype(bool), logps.astype(jnp.float32), 0.0).sum()
+    if label_weight != 1.0:
+        m = m.at[:, 0].multiply(label_weight)
+    nll_sum = -(m * jnp.where(mask.astype(bool), logps.astype(jnp.float32), 0.0)).sum()
     n_tokens = m.sum()
     return nll_sum / jnp.maximum(n_tokens, 1.0), {"nll_sum": nll_sum, "n_tokens": n_tokens}
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from agrl.config import Config
+from agrl.config import Config, ConfigError
 from agrl.eval.policy_eval import evaluate_policy
 from agrl.model.params import place_params
 from agrl.parallel.distributed import (
@@ -150,6 +150,11 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     """Supervised fine-tuning on paths.train_data: each record's `response`, else its gold
     response (`gold_response`, else label + `rationale`, else the label alone, as the rule
     book in force writes it: agrl.task.format.gold_text)."""
+    if cfg.sft.label_weight != 1.0 and cfg.train.response_order != "label_first":
+        raise ConfigError(
+            f"sft.label_weight={cfg.sft.label_weight}: weights the first response token, the "
+            f"label in label-first order; train.response_order={cfg.train.response_order!r}"
+        )
     cfg = resolve_paths(cfg, "sft")
     cfg, book, records = load_task_data(cfg)
     tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
@@ -168,7 +173,9 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     if bs < cfg.sft.batch_size:
         say(f"sft: batch size {bs}: sft.batch_size={cfg.sft.batch_size} > {len(records)} records")
     _say_rows("sft", bs, mesh)
-    sft_step = make_sft_step(cfg.model, optimizer, mesh, cfg.memory, batch_rows=bs)
+    sft_step = make_sft_step(
+        cfg.model, optimizer, mesh, cfg.memory, batch_rows=bs, label_weight=cfg.sft.label_weight
+    )
     names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
     arrays = dict(zip(names, arrays_np, strict=True))
 

@@ -191,10 +191,11 @@ def make_sft_step(
     mesh: Mesh | None = None,
     memory: MemoryConfig = WHOLE_BATCH,
     batch_rows: int | None = None,
+    label_weight: float = 1.0,
 ) -> Callable:
     """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
     completion_ids/completion_mask [B,T] right-padded (the target response).  batch_rows:
-    see `_jit_step`."""
+    see `_jit_step`; label_weight: of the first response token (`sft_loss`)."""
 
     def loss_fn(params, batch: Batch):
         logps = completion_logps(
@@ -207,7 +208,7 @@ def make_sft_step(
             mesh=mesh,
             remat=memory.remat,
         )
-        return sft_loss(logps, batch["completion_mask"])
+        return sft_loss(logps, batch["completion_mask"], label_weight)
 
     def step(state: TrainState, batch: Batch):
         n_micro = micro_batch_count(batch["prompt_ids"].shape[0], memory, mesh)
