@@ -34,13 +34,15 @@ def check_lengths(
     records: Sequence[dict],
     prompts: Sequence[Sequence[int]],
     responses: Sequence[Sequence[int]] | None = None,
+    what: str = "prompt",
 ) -> None:
     """Pre-flight, right after tokenisation and before any compile: every record of a split
     fits. A sampled split (responses=None: evaluation, DPO mining, RL rollouts): the prompt
     fits the largest bucket of sampling.prompt_buckets and, with sampling.max_new_tokens
     generated tokens, model.max_position_embeddings. A teacher-forced split (SFT, with the
     record's response ids): prompt + response fits model.max_position_embeddings. The first
-    record that does not fit is a RunError naming file, line, id and lengths vs the limit."""
+    record that does not fit is a RunError naming file, line, id and lengths vs the limit;
+    `what` names the sampled text in it (e.g. a prompt with its guidance hint)."""
     bucket, T = cfg.sampling.prompt_buckets[-1], cfg.sampling.max_new_tokens
     limit = cfg.model.max_position_embeddings
     problems: list[tuple[int, str]] = []
@@ -52,10 +54,10 @@ def check_lengths(
                 why = f"prompt + response have {n} + {r} = {n + r} tokens"
                 problems.append((i, f"{why} > model.max_position_embeddings={limit}"))
         elif n > bucket:
-            why = f"prompt has {n} tokens > the largest bucket sampling.prompt_buckets[-1]"
+            why = f"{what} has {n} tokens > the largest bucket sampling.prompt_buckets[-1]"
             problems.append((i, f"{why}={bucket}; add a larger bucket"))
         elif n + T > limit:
-            why = f"prompt + sampling.max_new_tokens = {n} + {T} = {n + T} positions"
+            why = f"{what} + sampling.max_new_tokens = {n} + {T} = {n + T} positions"
             problems.append((i, f"{why} > model.max_position_embeddings={limit}"))
     if problems:
         i, why = problems[0]

@@ -132,7 +132,8 @@ def _rl_pool(cfg: Config, records: list[dict], tok, book: RuleBook) -> PromptPoo
                       hint_max_level=cfg.guidance.max_level if hint else None)  # fmt: skip
     check_lengths(cfg, cfg.paths.train_data, records, pool.prompt_ids)
     if hint:  # the longest hint (the top level) must fit the buckets too
-        check_lengths(cfg, cfg.paths.train_data, records, pool.hint_ids[-1])
+        what = "prompt with its top-level guidance hint (guidance.form=hint)"
+        check_lengths(cfg, cfg.paths.train_data, records, pool.hint_ids[-1], what=what)
     if cfg.train.prompts_per_step > len(records):
         raise RunError(
             f"{cfg.paths.train_data}: train.prompts_per_step={cfg.train.prompts_per_step} "

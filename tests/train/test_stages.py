@@ -221,3 +221,12 @@ def test_interrupted_and_resumed_run_logs_every_step_once(world, tmp_path, monke
     monkeypatch.setattr(stages, "make_sft_step", make)
     assert run_sft(cfg, resume=True)["complete"]
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4]
+
+
+def test_hinted_prompts_are_checked_before_compiling(world, sft_model, tmp_path):
+    """guidance.form=hint: plain prompts fit a 24-token bucket, prompts with the top-level
+    hint (11 more words) do not; the start-up check names them, with file and line."""
+    cfg = _rl_cfg(world, sft_model["model"], tmp_path, "agrl_hint",
+                  extra=["sampling.prompt_buckets=16,24"])  # fmt: skip
+    with pytest.raises(RunError, match=r"rl\.jsonl:\d+: .*prompt with its top-level guidance hint"):
+        run_rl(cfg)
