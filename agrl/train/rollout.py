@@ -173,7 +173,7 @@ def rl_iteration(
     with clock("parse_reward"):
         parsed = _parse(ctx, tokens, mask)
         scores = unguided = jax.device_get(ctx.score(parsed, gold, levels, slots=S))
-    if unguided.guided.any():  # AGR: the chosen rows are re-rolled from a forced prefix
+    if unguided.guided.any():  # AGR: the chosen rows are re-rolled with gold guidance
         with clock("sample"):
             _guided_reroll(ctx, state.params, prompt_ids, prompt_mask, unguided, k_guided,
                            out=(tokens, mask, forced_mask), hints=(batch_idx, levels))  # fmt: skip
