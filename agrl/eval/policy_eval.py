@@ -82,16 +82,7 @@ def evaluate_policy(
     labels, verdicts, ok = parse_batch(texts, order, book)
     gold = np.asarray([r["label"] for r in records], np.int32)
     qtypes = [r.get("query_type", "") for r in records]
-    gold_v = verdict_array(records, book) if has_verdicts(records) else None
-    metrics = classification_metrics(
-        labels,
-        gold,
-        query_type=qtypes if any(qtypes) else None,
-        pred_verdicts=verdicts,
-        gold_verdicts=gold_v,
-        format_ok=ok,
-        book=book,
-    )
+    metrics = record_metrics(records, labels, book, pred_verdicts=verdicts, format_ok=ok)
     preds: dict[str, Any] = {
         "pred_label": labels,
         "pred_verdicts": verdicts,
@@ -101,14 +92,33 @@ def evaluate_policy(
     # Per-record labels, so that two models can be compared on the same records (a paired
     # bootstrap, agrl.eval.bootstrap); aggregate_seeds leaves these lists out.
     metrics["predictions"] = {"pred_label": labels.tolist(), "gold_label": gold.tolist()}
-    if all("teacher_label" in r.get("meta", {}) for r in records):
-        metrics["teacher_split"] = teacher_split_metrics(records, labels)
     if probs:
         preds["probs"] = np.concatenate(probs)
         metrics["posterior"] = posterior_metrics(
             preds["probs"], gold, beta=beta, query_type=qtypes if any(qtypes) else None
         )
     return metrics, preds
+
+
+def record_metrics(
+    records: list[dict], pred_labels: np.ndarray, book: RuleBook, *, pred_verdicts=None,
+    format_ok=None,
+) -> dict[str, Any]:  # fmt: skip
+    """Metrics of predictions on records: classification_metrics (accuracy per query type;
+    step metrics when pred_verdicts [N, R] are given and the records carry verdicts) and,
+    when the records carry the teacher's labels, the teacher split. pred_labels [N], 0 where
+    unparsed."""
+    gold = np.asarray([r["label"] for r in records], np.int32)
+    qtypes = [r.get("query_type", "") for r in records]
+    with_v = pred_verdicts is not None and has_verdicts(records)
+    metrics = classification_metrics(
+        pred_labels, gold, query_type=qtypes if any(qtypes) else None,
+        pred_verdicts=pred_verdicts, gold_verdicts=verdict_array(records, book) if with_v else None,
+        format_ok=format_ok, book=book,
+    )  # fmt: skip
+    if all("teacher_label" in r.get("meta", {}) for r in records):
+        metrics["teacher_split"] = teacher_split_metrics(records, pred_labels)
+    return metrics
 
 
 def teacher_split_metrics(records: list[dict], pred_labels: np.ndarray) -> dict[str, Any]:

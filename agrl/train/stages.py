@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from agrl.config import Config, ConfigError
-from agrl.eval.policy_eval import evaluate_policy
+from agrl.eval.policy_eval import evaluate_policy, record_metrics
 from agrl.model.params import place_params
 from agrl.parallel.distributed import (
     is_main_process,
@@ -35,6 +35,7 @@ from agrl.parallel.distributed import (
 from agrl.parallel.sharding import data_parallel_size, make_mesh
 from agrl.task.data import encode_prompts, encode_responses, pad_left, pad_right
 from agrl.task.format import gold_text
+from agrl.task.rules import load_rule_book
 from agrl.task.tokenizer import load_tokenizer
 from agrl.train.loop import (
     Run,
@@ -97,10 +98,6 @@ def _checked_eval_records(cfg: Config, tok) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------
-# The loop shared by every stage: checkpoints, resume, metrics, progress, divergence.
-
-
-# ---------------------------------------------------------------------------------------
 # Learning curves: periodic greedy evaluations into evals.json (SFT and RL).
 
 
@@ -116,27 +113,29 @@ class Curve:
         self.final_on = eval_records(cfg)
         self.on = self.final_on[: cfg.train.eval_curve_size or None]
 
-    def evaluate(self, step: int, params) -> dict:
+    def maybe(self, step: int, params) -> dict:
+        """A point at every `every`-th step: its metrics for metrics.jsonl, else {}."""
+        if not self.on or self.every <= 0 or step % self.every:
+            return {}
         if jax.process_count() > 1:  # every process evaluates a local copy (no collectives)
             params = local_copy(tree_to_host(params))
         m, _ = evaluate_policy(params, self.cfg, self.tok, self.on)
         self.rows.append(_eval_row(step, m))
         return {"eval/macro_f1": m["macro_f1"], "eval/accuracy": m["accuracy"]}
 
-    def maybe(self, step: int, params) -> dict:
-        if not self.on or self.every <= 0 or step % self.every:
-            return {}
-        return self.evaluate(step, params)
-
-    def finish(self, out: Path, summary: dict, steps: int, params) -> None:
-        """The last point (the final evaluation when it used the same records), then
-        evals.json."""
+    def finish(self, out: Path, summary: dict, steps: int) -> None:
+        """The last point, then evals.json. The final evaluation covers the curve's records
+        first (greedy decoding, the same batches), so the point is its per-record labels
+        restricted to those records: nothing is decoded twice."""
         drawn = self.always or self.every > 0
-        if summary["complete"] and summary.get("eval") and drawn:
+        final = summary.get("eval")
+        if summary["complete"] and final and drawn:
             if len(self.on) == len(self.final_on):
-                self.rows.append(_eval_row(steps, summary["eval"]))
+                self.rows.append(_eval_row(steps, final))
             else:
-                self.evaluate(steps, params)
+                labels = np.asarray(final["predictions"]["pred_label"][: len(self.on)])
+                m = record_metrics(self.on, labels, load_rule_book(self.cfg.task.rule_book))
+                self.rows.append(_eval_row(steps, m))
         if is_main_process() and drawn:
             (out / "evals.json").write_text(json.dumps(self.rows, indent=2, default=float))
         summary["evals"] = self.rows
@@ -247,7 +246,7 @@ def _run_supervised(
     run.loop(step0, stop_after, body, save, logger)
     logger.close()
     summary = finish_run(run, state.params, cfg, tok, stop_after, step0)
-    curve.finish(run.out, summary, total_steps, state.params)
+    curve.finish(run.out, summary, total_steps)
     return summary
 
 
@@ -348,7 +347,7 @@ def run_rl(cfg: Config, resume: bool = False, stop_after: int | None = None) -> 
     run.loop(step0, stop_after, body, save, logger)
     logger.close()
     summary = finish_run(run, rl.state.params, cfg, tok, stop_after, step0)
-    curve.finish(out, summary, cfg.train.steps, rl.state.params)
+    curve.finish(out, summary, cfg.train.steps)
     return summary
 
 
