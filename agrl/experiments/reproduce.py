@@ -67,6 +67,21 @@ from agrl.world.splits import write_world
 # Progress, timing and provenance.
 
 
+# Seconds per cost unit ('SFT step') measured on the reference 2-core machine (2026-12-02:
+# one default seed, 29m51s for about 27,900 units), used until this machine has timed
+# enough work to measure its own rate.
+PRIOR_SECONDS_PER_UNIT = 0.065
+MIN_MEASURED_UNITS = 1000.0
+
+
+def eta_seconds(spent: float, done_cost: float, left_cost: float) -> tuple[float, bool]:
+    """(seconds left, measured?): this machine's rate once it has finished
+    MIN_MEASURED_UNITS of work, else the reference machine's rate."""
+    if done_cost >= MIN_MEASURED_UNITS:
+        return spent / done_cost * left_cost, True
+    return PRIOR_SECONDS_PER_UNIT * left_cost, False
+
+
 class Progress:
     """An overall stage counter with elapsed time and an ETA from per-stage cost estimates."""
 
@@ -82,8 +97,8 @@ class Progress:
         i = self.order.index(name) + 1
         elapsed = time.perf_counter() - self.t0
         left = sum(self.costs[n] for n in self.order[i - 1 :])
-        rate = self.spent / self.done_cost if self.done_cost else None
-        eta = f"ETA {fmt_seconds(rate * left)}" if rate else "ETA unknown"
+        seconds, measured = eta_seconds(self.spent, self.done_cost, left)
+        eta = f"ETA {fmt_seconds(seconds)}" + ("" if measured else " (reference machine's rate)")
         print(
             f"[stage {i}/{len(self.order)}] {name}  elapsed {fmt_seconds(elapsed)}, {eta}",
             flush=True,
@@ -246,9 +261,9 @@ def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path, tok) -> dict:
 def _stage_costs(plan: ReproducePlan) -> list[tuple[str, float]]:
     """(stage name, rough cost in 'SFT steps') for the overall ETA."""
     c = plan.cfg
-    evals = 2 * 0.24 * c.train.eval_size  # b_eval + w_eval, ~0.025 s per greedy record
+    evals = 2 * 0.05 * c.train.eval_size  # b_eval + w_eval, ~3 ms per greedy record
     curve = c.train.eval_curve_size or c.train.eval_size
-    curves = 0.24 * curve * (c.train.steps // max(c.train.eval_every, 1))
+    curves = 0.05 * curve * (c.train.steps // max(c.train.eval_every, 1))
     sft = float(c.sft.steps) + 20 + evals
     mine = c.dpo.mine_prompts * c.dpo.pass_n / 16
     costs = [("world", 10.0)]
@@ -256,8 +271,8 @@ def _stage_costs(plan: ReproducePlan) -> list[tuple[str, float]]:
         costs += [(f"seed{s}/sft", sft), (f"seed{s}/oracle", sft)]
         costs += [(f"seed{s}/dpo", 3.0 * c.dpo.steps + mine + 20 + evals)]
         costs += [(f"seed{s}/diagnostics", plan.diag_prompts * c.sampling.group_size / 16)]
-        # ~0.05 s per prompt-step, the compile, the curve and final evaluations
-        rl = c.train.steps * 0.3 * c.train.prompts_per_step + 250 + curves + evals
+        # ~0.03 s per prompt-step, the compile, the curve and final evaluations
+        rl = c.train.steps * 0.45 * c.train.prompts_per_step + 250 + curves + evals
         costs += [(f"seed{s}/rl_{m}", rl) for m in METHODS]
     return costs
 

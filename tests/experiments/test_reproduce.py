@@ -8,7 +8,13 @@ import math
 import pytest
 
 from agrl.config import ConfigError, with_method
-from agrl.experiments.reproduce import run_reproduce
+from agrl.experiments.reproduce import (
+    MIN_MEASURED_UNITS,
+    PRIOR_SECONDS_PER_UNIT,
+    _stage_costs,
+    eta_seconds,
+    run_reproduce,
+)
 from agrl.experiments.setup import METHODS, ROWS, build_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -21,6 +27,21 @@ def test_plan_layers_defaults_quick_and_overrides(tmp_path):
     assert plan.world.n_rl == 50 and plan.cfg.optim.lr == 1e-4 and plan.diag_prompts == 8
     assert plan.cfg.model.vocab_size == 384 and plan.cfg.sampling.prompt_buckets == (16, 32)
     assert build_plan(out=tmp_path).cfg.sft.steps > plan.cfg.sft.steps
+
+
+def test_eta_uses_the_reference_rate_until_enough_work_is_timed():
+    # a 4 s world stage of 10 units must not set the rate for 30 minutes of training
+    assert eta_seconds(4.0, 10.0, 1000.0) == (PRIOR_SECONDS_PER_UNIT * 1000.0, False)
+    done = MIN_MEASURED_UNITS
+    assert eta_seconds(2 * done, done, 50.0) == (100.0, True)
+
+
+def test_default_plan_fits_the_demo_budget_at_the_reference_rate(tmp_path):
+    # the README's promise: one default seed within about 35 minutes on the reference machine
+    costs = dict(_stage_costs(build_plan(out=tmp_path)))
+    assert PRIOR_SECONDS_PER_UNIT * sum(costs.values()) < 35 * 60
+    three = dict(_stage_costs(build_plan(out=tmp_path, seeds=3)))
+    assert sum(three.values()) > 2.9 * sum(costs.values())
 
 
 def test_plan_reads_toml_world_table(tmp_path):
