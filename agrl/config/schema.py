@@ -202,6 +202,10 @@ class SFTConfig:
     # loss weight of the label token (the first response token, label-first order only)
     # relative to every other response token; 1: the plain token mean
     label_weight: float = 1.0
+    # probability that the label token fed as input to the rest of the response is another
+    # label's token (label-first only; the label's own target is unchanged), so that the
+    # rationale's verdicts are learned from the prompt rather than copied from the label
+    label_noise: float = 0.0
     # evaluate on the first train.eval_curve_size eval records every N steps (the SFT
     # learning curve in evals.json, as RL's train.eval_every); 0: only at the end
     eval_every: int = 0
@@ -210,6 +214,7 @@ class SFTConfig:
         check(self.steps >= 0, "sft.steps", self.steps, "must be >= 0")
         check(self.eval_every >= 0, "sft.eval_every", self.eval_every, "must be >= 0")
         check(self.label_weight > 0, "sft.label_weight", self.label_weight, "must be > 0")
+        check(0 <= self.label_noise < 1, "sft.label_noise", self.label_noise, "must be in [0, 1)")
         check(
             self.weight_decay is None or self.weight_decay >= 0,
             "sft.weight_decay",

@@ -212,6 +212,7 @@ def completion_logps(
     return_entropy: bool = False,
     mesh=None,
     remat: str = "none",
+    input_ids: jax.Array | None = None,
 ):
     """log pi(y_t | x, y_<t) of the completion tokens.  Differentiable.
 
@@ -221,9 +222,12 @@ def completion_logps(
     (not on the prompt: most of the vocab FLOPs of a long prompt are skipped).
     logp_t = log_softmax(z_t / temperature)[y_t]; entropy_t = -sum_v p_v log p_v.
     Returns logps [N, T] f32 (0 where completion_mask is False) and, if asked, entropy [N, T].
-    remat: the layers' rematerialisation policy (`hidden_states`).
+    remat: the layers' rematerialisation policy (`hidden_states`).  input_ids [N, T]: the
+    completion tokens fed to the model when they differ from the scored completion_ids
+    (SFT's `sft.label_noise`); None: completion_ids (plain teacher forcing).
     """
-    ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
+    fed = completion_ids if input_ids is None else input_ids
+    ids = jnp.concatenate([prompt_ids, fed], axis=1)
     mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
     positions = positions_from_mask(mask)
     h, _ = hidden_states(params, cfg, ids, positions, mask, mesh=mesh, remat=remat)

@@ -231,6 +231,26 @@ def sft_loss(
     return nll_sum / jnp.maximum(n_tokens, 1.0), {"nll_sum": nll_sum, "n_tokens": n_tokens}
 
 
+def swap_label_inputs(
+    first: jax.Array, label_ids: jax.Array, key: jax.Array, p: float
+) -> jax.Array:
+    """SFT's label noise: each response's first input token, when it is a label token, is
+    replaced with probability p by another label's token (drawn uniformly from the other
+    K - 1); any other first token is kept.
+
+    first [N] int32: the first response token of each row; label_ids [K] int32 distinct.
+    Returns [N] int32, the tokens to feed (the targets stay `first`).
+    """
+    k_swap, k_pick = jax.random.split(key)
+    n_labels = label_ids.shape[0]
+    hit = first[:, None] == label_ids[None, :]  # [N, K]
+    current = jnp.argmax(hit, axis=1)  # [N]
+    shift = jax.random.randint(k_pick, first.shape, 1, n_labels)  # [N] in 1..K-1
+    other = label_ids[(current + shift) % n_labels]
+    swap = (jax.random.uniform(k_swap, first.shape) < p) & hit.any(axis=1)
+    return jnp.where(swap, other, first).astype(first.dtype)
+
+
 def dpo_loss(
     chosen_logps: jax.Array,
     rejected_logps: jax.Array,

@@ -36,7 +36,7 @@ from agrl.parallel.sharding import data_parallel_size, make_mesh
 from agrl.task.data import encode_prompts, encode_responses, pad_left, pad_right
 from agrl.task.format import gold_text
 from agrl.task.rules import load_rule_book
-from agrl.task.tokenizer import load_tokenizer
+from agrl.task.tokenizer import label_token_ids, load_tokenizer
 from agrl.train.loop import (
     Run,
     RunError,
@@ -149,11 +149,15 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     """Supervised fine-tuning on paths.train_data: each record's `response`, else its gold
     response (`gold_response`, else label + `rationale`, else the label alone, as the rule
     book in force writes it: agrl.task.format.gold_text)."""
-    if cfg.sft.label_weight != 1.0 and cfg.train.response_order != "label_first":
-        raise ConfigError(
-            f"sft.label_weight={cfg.sft.label_weight}: weights the first response token, the "
-            f"label in label-first order; train.response_order={cfg.train.response_order!r}"
-        )
+    for name, value, off in (
+        ("label_weight", cfg.sft.label_weight, 1.0),
+        ("label_noise", cfg.sft.label_noise, 0.0),
+    ):
+        if value != off and cfg.train.response_order != "label_first":
+            raise ConfigError(
+                f"sft.{name}={value}: acts on the first response token, the label in "
+                f"label-first order; train.response_order={cfg.train.response_order!r}"
+            )
     cfg = resolve_paths(cfg, "sft")
     cfg, book, records = load_task_data(cfg)
     tok, order = load_tokenizer(cfg.paths.tokenizer), cfg.train.response_order
@@ -172,9 +176,11 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     if bs < cfg.sft.batch_size:
         say(f"sft: batch size {bs}: sft.batch_size={cfg.sft.batch_size} > {len(records)} records")
     _say_rows("sft", bs, mesh)
+    noise = cfg.sft.label_noise
     sft_step = make_sft_step(
-        cfg.model, optimizer, mesh, cfg.memory, batch_rows=bs, label_weight=cfg.sft.label_weight
-    )
+        cfg.model, optimizer, mesh, cfg.memory, batch_rows=bs, label_weight=cfg.sft.label_weight,
+        label_noise=noise, label_ids=label_token_ids(tok) if noise else None, seed=cfg.train.seed,
+    )  # fmt: skip
     names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
     arrays = dict(zip(names, arrays_np, strict=True))
 

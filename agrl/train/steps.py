@@ -38,7 +38,7 @@ from agrl.config import GuidanceConfig, LossConfig, MemoryConfig, ModelConfig, O
 from agrl.model import completion_logps
 from agrl.model.params import abstract_params, model_param_shardings
 from agrl.parallel.sharding import batch_sharding, replicated, rows_sharding
-from agrl.rl.loss import dpo_loss, policy_loss, sft_loss
+from agrl.rl.loss import dpo_loss, policy_loss, sft_loss, swap_label_inputs
 from agrl.rl.types import RLBatch
 from agrl.train.accumulate import (
     WHOLE_BATCH,
@@ -192,10 +192,16 @@ def make_sft_step(
     memory: MemoryConfig = WHOLE_BATCH,
     batch_rows: int | None = None,
     label_weight: float = 1.0,
+    label_noise: float = 0.0,
+    label_ids: Any = None,
+    seed: int = 0,
 ) -> Callable:
     """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
     completion_ids/completion_mask [B,T] right-padded (the target response).  batch_rows:
-    see `_jit_step`; label_weight: of the first response token (`sft_loss`)."""
+    see `_jit_step`; label_weight: of the first response token (`sft_loss`); label_noise,
+    label_ids [K]: `swap_label_inputs` on the first input token, keyed by (seed, step)."""
+    if label_noise > 0 and label_ids is None:
+        raise ValueError("label_noise > 0 needs the label token ids")
 
     def loss_fn(params, batch: Batch):
         logps = completion_logps(
@@ -207,10 +213,16 @@ def make_sft_step(
             batch["completion_mask"],
             mesh=mesh,
             remat=memory.remat,
+            input_ids=batch.get("input_ids"),
         )
         return sft_loss(logps, batch["completion_mask"], label_weight)
 
     def step(state: TrainState, batch: Batch):
+        if label_noise > 0:
+            key = jax.random.fold_in(jax.random.key(seed), state.step)
+            ids = batch["completion_ids"]
+            first = swap_label_inputs(ids[:, 0], jnp.asarray(label_ids), key, label_noise)
+            batch = {**batch, "input_ids": ids.at[:, 0].set(first)}
         n_micro = micro_batch_count(batch["prompt_ids"].shape[0], memory, mesh)
         loss, grads, aux = _loss_and_grads(
             loss_fn, state.params, batch, n_micro, "nll_sum", "n_tokens"

@@ -147,6 +147,26 @@ def test_causal_future_tokens_do_not_change_the_past(model):
     assert np.abs(a[:, 5:] - b[:, 5:]).max() > 1e-3
 
 
+def test_completion_logps_input_ids_change_only_what_follows(model):
+    """input_ids feeds other completion tokens while scoring completion_ids: the first
+    token's log-prob (predicted from the prompt) is bit-identical, later ones change, and
+    input_ids = completion_ids is plain teacher forcing."""
+    cfg, params = model
+    rng = np.random.default_rng(0)
+    prompt, pmask = left_padded(rng, [4, 6], 6)
+    comp = rng.integers(1, cfg.vocab_size, (2, 5)).astype(np.int32)
+    cmask = np.ones((2, 5), bool)
+    fed = comp.copy()
+    fed[:, 0] = (comp[:, 0] + 5) % cfg.vocab_size
+    base = np.asarray(decoder.completion_logps(params, cfg, prompt, pmask, comp, cmask))
+    same = decoder.completion_logps(params, cfg, prompt, pmask, comp, cmask, input_ids=comp)
+    np.testing.assert_array_equal(base, np.asarray(same))
+    got = np.asarray(decoder.completion_logps(params, cfg, prompt, pmask, comp, cmask,
+                                              input_ids=fed))  # fmt: skip
+    np.testing.assert_array_equal(got[:, 0], base[:, 0])
+    assert np.abs(got[:, 1:] - base[:, 1:]).max() > 1e-3
+
+
 def test_left_padding_does_not_change_real_positions(model):
     cfg, params = model
     ids, mask = left_padded(np.random.default_rng(0), [5], 5)

@@ -300,14 +300,40 @@ def test_sft_loss_label_weight(label_weight):
     np.testing.assert_allclose(g[0, :2], [-w / (2 * w + 1), -1 / (2 * w + 1)], rtol=1e-6)
 
 
-def test_sft_label_weight_is_label_first_only(tmp_path):
+@pytest.mark.parametrize("field", ["label_weight=3.0", "label_noise=0.5"])
+def test_sft_label_fields_are_label_first_only(tmp_path, field):
     from agrl.config import ConfigError, load_config
     from agrl.train.stages import run_sft
 
-    cfg = load_config(None, ["sft.label_weight=3", "train.response_order=think_first",
+    cfg = load_config(None, [f"sft.{field}", "train.response_order=think_first",
                              f"paths.out={tmp_path}", f"paths.world={tmp_path}"])  # fmt: skip
-    with pytest.raises(ConfigError, match="sft.label_weight=3.0: weights the first response"):
+    with pytest.raises(ConfigError, match=f"sft.{field}: acts on the first response token"):
         run_sft(cfg)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9])
+def test_swap_label_inputs(p):
+    """A swapped label token becomes another label's token, uniformly over the other three;
+    a first token that is no label is never touched; the swap rate is p (binomial: 5 sigma
+    of n = 20000 draws is at most 0.018)."""
+    labels = np.array([11, 12, 13, 14], np.int32)
+    rng = np.random.default_rng(0)
+    first = rng.choice(np.array([11, 12, 13, 14, 99], np.int32), 20000)
+    got = np.asarray(L.swap_label_inputs(jnp.asarray(first), jnp.asarray(labels),
+                                         jax.random.key(3), p))  # fmt: skip
+    is_label = np.isin(first, labels)
+    assert (got[~is_label] == first[~is_label]).all()
+    assert np.isin(got[is_label], labels).all()
+    swapped = is_label & (got != first)
+    assert abs(swapped.sum() / is_label.sum() - p) < 5 * np.sqrt(0.25 / is_label.sum())
+    if p > 0:  # the replacement never repeats the label, and each other label is as likely
+        pairs = np.stack([first[swapped], got[swapped]], 1)
+        for a in labels:
+            to = pairs[pairs[:, 0] == a, 1]
+            counts = np.array([(to == b).sum() for b in labels if b != a])
+            assert len(to) == counts.sum() and counts.min() > 0
+            n = len(to)
+            assert np.abs(counts / n - 1 / 3).max() < 5 * np.sqrt((2 / 9) / n)
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
