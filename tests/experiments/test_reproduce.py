@@ -123,3 +123,34 @@ def test_quick_reproduce_end_to_end(quick_run):
     assert len(models) == len(ROWS) and [p.stat().st_mtime_ns for p in models] == stamps
     rerun = json.loads((tmp_path / "run.json").read_text())
     assert rerun["wall_seconds"] == run["wall_seconds"]
+
+
+@pytest.mark.slow
+def test_rl_ablation_on_a_reproduce_run(quick_run, tmp_path):
+    """scripts/ablate_rl.py trains one variant of a finished run's method from the same DPO
+    model and reports paired differences on the same records; a variant equal to the base
+    method (no overrides) reproduces its predictions, so both differences are exactly 0."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, user_env
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run, ignore=shutil.ignore_patterns("jax_cache"))
+    script = [sys.executable, str(ROOT / "scripts" / "ablate_rl.py"), "--run", str(run)]
+    for name, extra in (("same", []), ("lr", ["optim.lr=1e-2"])):
+        proc = subprocess.run(script + ["--base", "agrl", "--name", name, *extra], cwd=ROOT,
+                              env=user_env(), capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [json.loads(x) for x in (run / "ablations" / "ablations.jsonl").read_text().split("\n")
+            if x]  # fmt: skip
+    assert [r["name"] for r in rows] == ["same", "lr"]
+    same, lr = rows
+    assert same["vs_agrl"]["macro_f1"] == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "resolved": False}
+    agrl = json.loads((run / "seed0" / "rl_agrl" / "eval.json").read_text())
+    assert same["macro_f1"] == round(100 * agrl["macro_f1"], 2)
+    assert lr["overrides"] == ["optim.lr=1e-2"] and "teacher_wrong" in lr
+    bad = subprocess.run(script + ["--base", "nope", "--name", "x"], cwd=ROOT, env=user_env(),
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "rl_nope/config.json: missing" in bad.stderr
