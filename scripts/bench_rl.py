@@ -154,9 +154,11 @@ def main() -> None:
         args.trl_python, BENCH_DIR / "trl_grpo.py", args.trl_steps,
         r"median s/step \(after 1st\) = ([0-9.]+)",
     )  # fmt: skip
+    # both peers print "median s/step (after 1st) = X"; tunix prints its per-phase medians
+    # ("generate=...") first, so the pattern must name the step figure
     tunix = run_peer(
         args.tunix_python, BENCH_DIR / "tunix_grpo.py", args.tunix_steps,
-        r"median[^=]*=\s*([0-9.]+)",
+        r"median s/step \(after 1st\) = ([0-9.]+)",
     )  # fmt: skip
     peaks.append(matmul_peak())
     rows += time_agrl(rl, args.iters + 1, args.iters)

@@ -154,3 +154,24 @@ def test_rl_ablation_on_a_reproduce_run(quick_run, tmp_path):
     bad = subprocess.run(script + ["--base", "nope", "--name", "x"], cwd=ROOT, env=user_env(),
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "rl_nope/config.json: missing" in bad.stderr
+
+
+@pytest.mark.slow
+def test_class1_errors_script_on_a_reproduce_run(quick_run):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, user_env
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "class1_errors.py"),
+           str(quick_run / "seed0" / "oracle"), str(quick_run / "world")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n_label1 = sum(
+        json.loads(x)["label"] == 1
+        for x in (quick_run / "world" / "b_eval.jsonl").read_text().splitlines()
+        if x.strip()
+    )
+    counted = [int(m) for m in re.findall(r"label 1, \w+ department: (\d+) records", proc.stdout)]
+    assert sum(counted) == n_label1 > 0 and "predicted 1 where the gold label is" in proc.stdout
