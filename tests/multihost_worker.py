@@ -14,10 +14,13 @@ into OUT_sft and 2 DPO steps into OUT_dpo on the same mesh.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 
 # The tiny model: every dim divisible by the meshes of the tests (8 devices; tensor <= 2).
+HANG_DUMP_S = 360  # under test_two_processes_equal_one_process's 420 s timeout
+
 MODEL = [
     "model.vocab_size=384", "model.hidden_size=32", "model.intermediate_size=64",
     "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2", "model.head_dim=8",
@@ -111,6 +114,9 @@ def run_two_steps_with_resume(world, init, out, mesh) -> None:
 
 
 def main(argv: list[str]) -> None:
+    # a hang (a collective one process never joins) prints every thread's stack before the
+    # test's own timeout kills the process, so the failure shows where it stopped
+    faulthandler.dump_traceback_later(HANG_DUMP_S, exit=False)
     world, init, out = argv[:3]
     mesh = tuple(int(x) for x in argv[3:6])
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -131,6 +137,7 @@ def main(argv: list[str]) -> None:
 
     for stage, run in (("sft", run_sft), ("dpo", run_dpo)):
         assert run(supervised_config(world, init, f"{out}_{stage}", mesh))["complete"]
+    faulthandler.cancel_dump_traceback_later()
     print(f"process {jax.process_index()} done", flush=True)
 
 

@@ -315,7 +315,9 @@ def test_two_processes_equal_one_process(setup, supervised_one, tmp_path):
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise
+            got = outs + [q.communicate()[0] for q in procs[len(outs) :]]
+            tails = [f"process {i}:\n{out[-4000:]}" for i, out in enumerate(got)]
+            pytest.fail("the two processes did not finish in 420 s\n" + "\n".join(tails))
     for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
         assert f"process {i} done" in out
