@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,9 @@ def check_writable(out: Path) -> None:
     """Fail early (before any compile or training) when the run directory is unusable."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".agrl_write_probe"
+        # a name of its own: the processes of a multi-process run probe the same directory
+        # at the same time, and a shared name let one unlink the other's probe
+        probe = out / f".agrl_write_probe.{uuid.uuid4().hex}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

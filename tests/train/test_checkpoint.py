@@ -228,3 +228,17 @@ def test_sigkill_during_save_leaves_last_complete_step(tmp_path):
         last = step
     marker = json.loads((ck / str(last) / COMMIT_FILE).read_text())
     assert marker["step"] == last
+
+
+def test_write_probe_is_safe_when_processes_probe_one_directory_at_once(tmp_path):
+    """The processes of a multi-process run check the same run directory at the same time
+    (a shared probe name once let one unlink the other's probe: `No such file or
+    directory`); 8 threads x 200 probes of one directory must all pass and leave nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agrl.train.loop import check_writable
+
+    out = tmp_path / "run"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: check_writable(out), range(1600)))
+    assert list(out.iterdir()) == []
