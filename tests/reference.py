@@ -184,6 +184,21 @@ def sft_loss(logps, mask, label_weight=1.0):
     return (w * nll).sum() / w.sum()
 
 
+def verdict_nll(h, readout, verdicts):
+    """Sum over rows n and stated dims r (code >= 0) of -log softmax(h[n] @ readout[:, r])
+    at the stated code, and the number of stated pairs (float64)."""
+    total, count = 0.0, 0
+    for n in range(h.shape[0]):
+        for r in range(readout.shape[1]):
+            if verdicts[n, r] < 0:
+                continue
+            z = h[n].astype(np.float64) @ readout[:, r].astype(np.float64)
+            log_z = z.max() + np.log(np.exp(z - z.max()).sum())
+            total += log_z - z[verdicts[n, r]]
+            count += 1
+    return total, count
+
+
 def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta):
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
     return np.mean(np.log1p(np.exp(-margin)))

@@ -206,6 +206,11 @@ class SFTConfig:
     # label's token (label-first only; the label's own target is unchanged), so that the
     # rationale's verdicts are learned from the prompt rather than copied from the label
     label_noise: float = 0.0
+    # weight of an auxiliary loss at the label position (label-first only): each verdict the
+    # target response states is predicted from the hidden state that predicts the label,
+    # through a fixed random linear readout, and its cross-entropy counts like this many
+    # response tokens; 0: off (docs/training.md)
+    verdict_weight: float = 0.0
     # evaluate on the first train.eval_curve_size eval records every N steps (the SFT
     # learning curve in evals.json, as RL's train.eval_every); 0: only at the end
     eval_every: int = 0
@@ -215,6 +220,7 @@ class SFTConfig:
         check(self.eval_every >= 0, "sft.eval_every", self.eval_every, "must be >= 0")
         check(self.label_weight > 0, "sft.label_weight", self.label_weight, "must be > 0")
         check(0 <= self.label_noise < 1, "sft.label_noise", self.label_noise, "must be in [0, 1)")
+        check(self.verdict_weight >= 0, "sft.verdict_weight", self.verdict_weight, "must be >= 0")
         check(
             self.weight_decay is None or self.weight_decay >= 0,
             "sft.weight_decay",

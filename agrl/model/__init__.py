@@ -3,6 +3,7 @@
 from agrl.model.decoder import (
     KVCache,
     cached_hidden_states,
+    completion_hidden,
     completion_logps,
     fork_cache,
     forward,
@@ -11,6 +12,7 @@ from agrl.model.decoder import (
     init_cache,
     logits_from_hidden,
     positions_from_mask,
+    token_logps,
 )
 from agrl.model.hf import CheckpointError, config_from_hf, load_pretrained, save_pretrained
 from agrl.model.params import init_params, param_logical_axes, param_shapes
@@ -23,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "KVCache",
     "cached_hidden_states",
+    "completion_hidden",
     "completion_logps",
     "config_from_hf",
     "fork_cache",
@@ -39,4 +42,5 @@ __all__ = [
     "positions_from_mask",
     "preset",
     "save_pretrained",
+    "token_logps",
 ]

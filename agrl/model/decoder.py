@@ -200,6 +200,53 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def completion_hidden(
+    params: Params,
+    cfg: ModelConfig,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    completion_ids: jax.Array,
+    completion_mask: jax.Array,
+    *,
+    mesh=None,
+    remat: str = "none",
+    input_ids: jax.Array | None = None,
+) -> jax.Array:
+    """Final-normed hidden states [N, T, D] at the T positions P-1 .. P+T-2 that predict the
+    completion tokens (column 0: the prompt's last position, which predicts the first
+    response token).  One forward over the [N, P+T] concatenation; arguments as in
+    `completion_logps`."""
+    fed = completion_ids if input_ids is None else input_ids
+    ids = jnp.concatenate([prompt_ids, fed], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+    positions = positions_from_mask(mask)
+    h, _ = hidden_states(params, cfg, ids, positions, mask, mesh=mesh, remat=remat)
+    P, T = prompt_ids.shape[1], completion_ids.shape[1]
+    return h[:, P - 1 : P + T - 1]
+
+
+def token_logps(
+    params: Params,
+    cfg: ModelConfig,
+    h: jax.Array,
+    completion_ids: jax.Array,
+    completion_mask: jax.Array,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+):
+    """logps [N, T] (and entropy [N, T]) of the completion tokens from `completion_hidden`'s
+    h [N, T, D]; see `completion_logps`."""
+    z = logits_from_hidden(params, cfg, h) / temperature  # [N, T, V]
+    logp_all = jax.nn.log_softmax(z, axis=-1)
+    logps = jnp.take_along_axis(logp_all, completion_ids[..., None], axis=-1)[..., 0]
+    logps = jnp.where(completion_mask, logps, 0.0)
+    if not return_entropy:
+        return logps
+    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return logps, jnp.where(completion_mask, ent, 0.0)
+
+
 def completion_logps(
     params: Params,
     cfg: ModelConfig,
@@ -226,18 +273,11 @@ def completion_logps(
     completion tokens fed to the model when they differ from the scored completion_ids
     (SFT's `sft.label_noise`); None: completion_ids (plain teacher forcing).
     """
-    fed = completion_ids if input_ids is None else input_ids
-    ids = jnp.concatenate([prompt_ids, fed], axis=1)
-    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
-    positions = positions_from_mask(mask)
-    h, _ = hidden_states(params, cfg, ids, positions, mask, mesh=mesh, remat=remat)
-    P, T = prompt_ids.shape[1], completion_ids.shape[1]
-    h = h[:, P - 1 : P + T - 1]  # [N, T, D]
-    z = logits_from_hidden(params, cfg, h) / temperature  # [N, T, V]
-    logp_all = jax.nn.log_softmax(z, axis=-1)
-    logps = jnp.take_along_axis(logp_all, completion_ids[..., None], axis=-1)[..., 0]
-    logps = jnp.where(completion_mask, logps, 0.0)
-    if not return_entropy:
-        return logps
-    ent = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-    return logps, jnp.where(completion_mask, ent, 0.0)
+    h = completion_hidden(
+        params, cfg, prompt_ids, prompt_mask, completion_ids, completion_mask,
+        mesh=mesh, remat=remat, input_ids=input_ids,
+    )  # fmt: skip
+    return token_logps(
+        params, cfg, h, completion_ids, completion_mask,
+        temperature=temperature, return_entropy=return_entropy,
+    )  # fmt: skip

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from agrl.config import ConfigError, LossConfig
 from agrl.rl.guidance import forced_token_weights
@@ -214,21 +215,52 @@ def policy_loss(
 
 
 def sft_loss(
-    logps: jax.Array, mask: jax.Array, label_weight: float = 1.0
+    logps: jax.Array, mask: jax.Array, label_weight: float = 1.0, extra_nll: jax.Array = 0.0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted token cross-entropy on response tokens: -sum(w * logp) / sum(w), w = mask
-    with the first response token (the label, in label-first order) weighted label_weight.
+    """Weighted token cross-entropy on response tokens: (-sum(w * logp) + extra_nll) / sum(w),
+    w = mask with the first response token (the label, in label-first order) weighted
+    label_weight.
 
     logps [N, T]: log-probabilities of the target tokens; mask [N, T]: response tokens,
     right-padded (column 0 is each response's first token). label_weight = 1: the plain
-    token mean. n_tokens is the weighted count sum(w), so micro-batches combine exactly.
+    token mean. extra_nll: an auxiliary sum over these rows (`verdict_nll`, weighted), added
+    to the numerator. n_tokens is the weighted count sum(w), so micro-batches combine exactly.
     """
     m = mask.astype(jnp.float32)
     if label_weight != 1.0:
         m = m.at[:, 0].multiply(label_weight)
     nll_sum = -(m * jnp.where(mask.astype(bool), logps.astype(jnp.float32), 0.0)).sum()
+    nll_sum = nll_sum + extra_nll
     n_tokens = m.sum()
     return nll_sum / jnp.maximum(n_tokens, 1.0), {"nll_sum": nll_sum, "n_tokens": n_tokens}
+
+
+def verdict_readout(hidden: int, n_dims: int, n_codes: int, seed: int) -> np.ndarray:
+    """The fixed random linear readout W [D, R, C] of SFT's auxiliary verdict loss: entries
+    N(0, 1 / D), drawn from `seed` (numpy), never trained.  A fixed readout adds no
+    parameter to the model, its checkpoints or its export; the model learns to make each
+    verdict linearly readable from its hidden state through it."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((hidden, n_dims, n_codes)) / np.sqrt(hidden)
+    return w.astype(np.float32)
+
+
+def verdict_nll(
+    h: jax.Array, readout: jax.Array, verdicts: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Auxiliary verdict loss at the label position (SFT's `sft.verdict_weight`).
+
+    h [N, D]: hidden state at the prompt's last position (the one that predicts the label);
+    readout [D, R, C] (`verdict_readout`); verdicts [N, R] int32: each dimension's code in
+    the target response, -1 where it states none.  z = h @ readout [N, R, C];
+    returns (sum over rows and stated dims of -log_softmax(z[n, r])[verdicts[n, r]],
+    the number of stated (n, r) pairs).
+    """
+    z = jnp.einsum("nd,drc->nrc", h.astype(jnp.float32), readout.astype(jnp.float32))
+    logp = jax.nn.log_softmax(z, axis=-1)
+    known = verdicts >= 0
+    picked = jnp.take_along_axis(logp, jnp.maximum(verdicts, 0)[..., None], axis=-1)[..., 0]
+    return -jnp.where(known, picked, 0.0).sum(), known.astype(jnp.float32).sum()
 
 
 def swap_label_inputs(

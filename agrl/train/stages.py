@@ -33,8 +33,9 @@ from agrl.parallel.distributed import (
     tree_to_host,
 )
 from agrl.parallel.sharding import data_parallel_size, make_mesh
+from agrl.rl.loss import verdict_readout
 from agrl.task.data import encode_prompts, encode_responses, pad_left, pad_right
-from agrl.task.format import gold_text
+from agrl.task.format import gold_text, parse_batch
 from agrl.task.rules import load_rule_book
 from agrl.task.tokenizer import label_token_ids, load_tokenizer
 from agrl.train.loop import (
@@ -152,6 +153,7 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     for name, value, off in (
         ("label_weight", cfg.sft.label_weight, 1.0),
         ("label_noise", cfg.sft.label_noise, 0.0),
+        ("verdict_weight", cfg.sft.verdict_weight, 0.0),
     ):
         if value != off and cfg.train.response_order != "label_first":
             raise ConfigError(
@@ -176,21 +178,53 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     if bs < cfg.sft.batch_size:
         say(f"sft: batch size {bs}: sft.batch_size={cfg.sft.batch_size} > {len(records)} records")
     _say_rows("sft", bs, mesh)
-    noise = cfg.sft.label_noise
+    noise, vw = cfg.sft.label_noise, cfg.sft.verdict_weight
+    readout = None
+    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+    arrays = dict(zip(names, arrays_np, strict=True))
+    if vw > 0:
+        arrays["verdicts"] = _verdict_targets(cfg, book, texts)
+        readout = verdict_readout(
+            cfg.model.hidden_size, book.R, len(book.code_names), cfg.train.seed
+        )
     sft_step = make_sft_step(
         cfg.model, optimizer, mesh, cfg.memory, batch_rows=bs, label_weight=cfg.sft.label_weight,
         label_noise=noise, label_ids=label_token_ids(tok) if noise else None, seed=cfg.train.seed,
+        verdict_weight=vw, readout=readout,
     )  # fmt: skip
-    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-    arrays = dict(zip(names, arrays_np, strict=True))
 
     def step(state, idx):
         return sft_step(state, {k: put_rows(a[idx], mesh) for k, a in arrays.items()})
 
+    def post(m):  # the auxiliary loss as a mean over stated verdicts
+        if vw > 0:
+            m["verdict_nll"] = m.pop("verdict_nll_sum") / max(m.pop("verdict_count"), 1.0)
+        return m
+
     return _run_supervised(
         cfg, tok, "sft", cfg.sft.steps, params, optimizer, mesh, len(records), bs, step,
-        resume, stop_after, eval_every=cfg.sft.eval_every,
+        resume, stop_after, post, eval_every=cfg.sft.eval_every,
     )  # fmt: skip
+
+
+def _verdict_targets(cfg: Config, book, texts: list[str]) -> np.ndarray:
+    """Verdict codes [N, R] int32 that each SFT target response states (-1: none), for
+    `sft.verdict_weight`: read from the text being trained on, so the teacher's responses
+    give the teacher's verdicts, never the world's gold ones."""
+    if not book.has_rules:
+        raise ConfigError(
+            f"sft.verdict_weight={cfg.sft.verdict_weight}: {book.describe()}; the auxiliary "
+            "verdict loss needs verdict dimensions"
+        )
+    _, verdicts, _ = parse_batch(texts, cfg.train.response_order, book)
+    stated = (verdicts >= 0).all(axis=1)
+    if not stated.any():
+        raise RunError(
+            f"{cfg.paths.train_data}: sft.verdict_weight={cfg.sft.verdict_weight}: no target "
+            "response states any verdict (label-only responses); set it to 0"
+        )
+    say(f"sft: verdict loss: {int(stated.sum())} of {len(texts)} targets state every verdict")
+    return verdicts
 
 
 def _placed_policy(cfg: Config) -> tuple[Any, Config, Mesh]:

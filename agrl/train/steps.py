@@ -35,10 +35,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from agrl.config import GuidanceConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig
-from agrl.model import completion_logps
+from agrl.model import completion_hidden, completion_logps, token_logps
 from agrl.model.params import abstract_params, model_param_shardings
 from agrl.parallel.sharding import batch_sharding, replicated, rows_sharding
-from agrl.rl.loss import dpo_loss, policy_loss, sft_loss, swap_label_inputs
+from agrl.rl.loss import dpo_loss, policy_loss, sft_loss, swap_label_inputs, verdict_nll
 from agrl.rl.types import RLBatch
 from agrl.train.accumulate import (
     WHOLE_BATCH,
@@ -195,27 +195,36 @@ def make_sft_step(
     label_noise: float = 0.0,
     label_ids: Any = None,
     seed: int = 0,
+    verdict_weight: float = 0.0,
+    readout: Any = None,
 ) -> Callable:
     """jit(state, batch) -> (state, metrics).  batch: prompt_ids/prompt_mask [B,P] left-padded,
     completion_ids/completion_mask [B,T] right-padded (the target response).  batch_rows:
     see `_jit_step`; label_weight: of the first response token (`sft_loss`); label_noise,
-    label_ids [K]: `swap_label_inputs` on the first input token, keyed by (seed, step)."""
+    label_ids [K]: `swap_label_inputs` on the first input token, keyed by (seed, step).
+    verdict_weight > 0: batch also holds verdicts [B,R] (codes stated by the target, -1
+    none), and `verdict_nll` through readout [D,R,C] at the prompt's last position is added
+    to the loss numerator with that weight (each stated verdict counts like verdict_weight
+    response tokens)."""
     if label_noise > 0 and label_ids is None:
         raise ValueError("label_noise > 0 needs the label token ids")
+    if verdict_weight > 0 and readout is None:
+        raise ValueError("verdict_weight > 0 needs the verdict readout")
 
     def loss_fn(params, batch: Batch):
-        logps = completion_logps(
-            params,
-            model_cfg,
-            batch["prompt_ids"],
-            batch["prompt_mask"],
-            batch["completion_ids"],
+        rows = (
+            batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
             batch["completion_mask"],
-            mesh=mesh,
-            remat=memory.remat,
-            input_ids=batch.get("input_ids"),
-        )
-        return sft_loss(logps, batch["completion_mask"], label_weight)
+        )  # fmt: skip
+        kw = {"mesh": mesh, "remat": memory.remat, "input_ids": batch.get("input_ids")}
+        if verdict_weight == 0:
+            logps = completion_logps(params, model_cfg, *rows, **kw)
+            return sft_loss(logps, batch["completion_mask"], label_weight)
+        h = completion_hidden(params, model_cfg, *rows, **kw)  # [B, T, D]
+        logps = token_logps(params, model_cfg, h, rows[2], rows[3])
+        v_sum, v_count = verdict_nll(h[:, 0], jnp.asarray(readout), batch["verdicts"])
+        loss, aux = sft_loss(logps, rows[3], label_weight, verdict_weight * v_sum)
+        return loss, {**aux, "verdict_nll_sum": v_sum, "verdict_count": v_count}
 
     def step(state: TrainState, batch: Batch):
         if label_noise > 0:

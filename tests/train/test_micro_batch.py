@@ -116,6 +116,31 @@ def test_micro_batched_rl_step_equals_whole_batch(aggregation, forced_tokens, mu
     assert float(m1["loss"]) == pytest.approx(float(m0["loss"]), rel=1e-4, abs=1e-6)
 
 
+def test_micro_batched_sft_step_with_verdict_loss_equals_whole_batch():
+    """sft.verdict_weight: the auxiliary sum joins the token numerator, so micro-batches
+    still combine exactly; the auxiliary loss changes the gradient (weight 0 vs 2)."""
+    from agrl.rl.loss import verdict_readout
+
+    batch = _supervised(jax.random.key(5))
+    verdicts = jax.random.randint(jax.random.key(6), (B, 3), -1, 4)
+    batch = {**batch, "verdicts": verdicts}
+    readout = verdict_readout(CFG.hidden_size, 3, 4, seed=0)
+    mem = MemoryConfig(micro_batch_rows=2)
+    step = lambda memory=None: make_sft_step(  # noqa: E731
+        CFG, SGD, memory=memory or MemoryConfig(), verdict_weight=2.0, readout=readout
+    )
+    g0, m0 = _grads(step(), batch)
+    g1, m1 = _grads(step(mem), batch)
+    _assert_close(g0, g1, reduction=B * T)
+    for k in ("loss", "verdict_nll_sum", "verdict_count", "n_tokens"):
+        assert float(m1[k]) == pytest.approx(float(m0[k]), rel=1e-5), k
+    assert float(m0["verdict_count"]) == int((verdicts >= 0).sum())
+    plain, _ = _grads(make_sft_step(CFG, SGD), {k: v for k, v in batch.items() if k != "verdicts"})
+    change = max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(g0), jax.tree.leaves(plain), strict=True))  # fmt: skip
+    assert change > 1e-3
+
+
 def test_micro_batched_sft_and_dpo_steps_equal_whole_batch():
     batch = _supervised(jax.random.key(3))
     mem = MemoryConfig(micro_batch_rows=2, remat="layer")

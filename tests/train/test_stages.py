@@ -97,6 +97,54 @@ def test_sft_label_noise_trains_and_resumes_bit_for_bit(world, tmp_path):
     assert max(jax.tree.leaves(diff)) > 0
 
 
+def test_sft_verdict_loss_trains_on_the_target_verdicts(world, sft_model, tmp_path):
+    """sft.verdict_weight=1: the auxiliary loss is logged (verdict_nll, down from about
+    log C at the start), the model it writes has the plain parameter tree (the readout is
+    fixed, nothing is added), and a run stopped after 2 of 4 steps and resumed ends with
+    the same weights as an uninterrupted one."""
+    from agrl.task.rules import WORLD
+
+    def cfg(out):
+        run = [f"paths.world={world}", f"paths.out={out}", "sft.steps=4", "sft.lr=1e-2",
+               "sft.verdict_weight=1.0", "train.eval_size=0"]  # fmt: skip
+        return load_config(None, TINY + run)
+
+    run_sft(cfg(tmp_path / "full"))
+    assert not run_sft(cfg(tmp_path / "part"), stop_after=2)["complete"]
+    run_sft(cfg(tmp_path / "part"), resume=True)
+    a, _ = load_pretrained(tmp_path / "full" / "model")
+    b, _ = load_pretrained(tmp_path / "part" / "model")
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    plain, _ = load_pretrained(sft_model["model"])  # trained without the auxiliary loss
+    assert jax.tree.structure(a) == jax.tree.structure(plain)
+    assert jax.tree.map(np.shape, a) == jax.tree.map(np.shape, plain)
+    rows = read_metrics(tmp_path / "full")
+    nll = [r["verdict_nll"] for r in rows]
+    assert nll[0] == pytest.approx(math.log(len(WORLD.code_names)), rel=0.3)
+    assert nll[-1] < nll[0]
+
+
+def test_sft_verdict_targets_come_from_the_trained_text():
+    """The targets are the verdicts the response being trained on states (a teacher's, not
+    the world's gold), -1 where it states none; a label-only book is a config error."""
+    from agrl.config import ConfigError
+    from agrl.task.rules import WORLD, load_rule_book
+    from agrl.train.stages import _verdict_targets
+
+    gold = "2 </label> <think> q | i | category=match brand=mismatch negation=n/a need=n/a " \
+        "audience=n/a attributes=n/a | rule=brand -> 2 </think>"  # fmt: skip
+    teacher = gold.replace("brand=mismatch", "brand=match")
+    cfg = load_config(None, ["sft.verdict_weight=1.0"])
+    v = _verdict_targets(cfg, WORLD, [gold, teacher, "3 </label>"])
+    b = WORLD.dim_index("brand")
+    assert v[0, b] == WORLD.code_of("mismatch") and v[1, b] == WORLD.code_of("match")
+    assert (v[2] == -1).all() and (v[:2] >= 0).all()
+    with pytest.raises(RunError, match="no target response states any verdict"):
+        _verdict_targets(cfg, WORLD, ["3 </label>"])
+    with pytest.raises(ConfigError, match="needs verdict dimensions"):
+        _verdict_targets(cfg, load_rule_book("label_only"), ["3 </label>"])
+
+
 def test_sft_writes_a_loadable_model_and_real_metrics(sft_model):
     params, cfg = load_pretrained(sft_model["model"])
     assert cfg.hidden_size == 32 and cfg.vocab_size == 384
