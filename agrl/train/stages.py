@@ -218,7 +218,7 @@ def _verdict_targets(cfg: Config, book, texts: list[str]) -> np.ndarray:
         )
     _, verdicts, _ = parse_batch(texts, cfg.train.response_order, book)
     stated = (verdicts >= 0).all(axis=1)
-    if not stated.any():
+    if not (verdicts >= 0).any():
         raise RunError(
             f"{cfg.paths.train_data}: sft.verdict_weight={cfg.sft.verdict_weight}: no target "
             "response states any verdict (label-only responses); set it to 0"

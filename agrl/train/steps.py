@@ -217,11 +217,10 @@ def make_sft_step(
             batch["completion_mask"],
         )  # fmt: skip
         kw = {"mesh": mesh, "remat": memory.remat, "input_ids": batch.get("input_ids")}
-        if verdict_weight == 0:
-            logps = completion_logps(params, model_cfg, *rows, **kw)
-            return sft_loss(logps, batch["completion_mask"], label_weight)
         h = completion_hidden(params, model_cfg, *rows, **kw)  # [B, T, D]
-        logps = token_logps(params, model_cfg, h, rows[2], rows[3])
+        logps = token_logps(params, model_cfg, h, rows[2], rows[3])  # = completion_logps
+        if verdict_weight == 0:
+            return sft_loss(logps, rows[3], label_weight)
         v_sum, v_count = verdict_nll(h[:, 0], jnp.asarray(readout), batch["verdicts"])
         loss, aux = sft_loss(logps, rows[3], label_weight, verdict_weight * v_sum)
         return loss, {**aux, "verdict_nll_sum": v_sum, "verdict_count": v_count}
