@@ -37,9 +37,10 @@ def test_eta_uses_the_reference_rate_until_enough_work_is_timed():
 
 
 def test_default_plan_fits_the_demo_budget_at_the_reference_rate(tmp_path):
-    # the README's promise: one default seed within about 35 minutes on the reference machine
+    # the README's promise: one default seed within about 45 minutes on the reference machine
+    # (35 until the 12000-step SFT recipe of 2026-12-03, docs/results.md; the testbed needs it)
     costs = dict(_stage_costs(build_plan(out=tmp_path)))
-    assert PRIOR_SECONDS_PER_UNIT * sum(costs.values()) < 35 * 60
+    assert PRIOR_SECONDS_PER_UNIT * sum(costs.values()) < 45 * 60
     three = dict(_stage_costs(build_plan(out=tmp_path, seeds=3)))
     assert sum(three.values()) > 2.9 * sum(costs.values())
 

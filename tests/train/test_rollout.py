@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import logging
 
 import jax
 import numpy as np
@@ -238,6 +239,33 @@ def test_rl_iteration_on_a_tiny_model(tiny_run):
     table = train_state_shardings(cfg.model, opt, rl.ctx.mesh)
     assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, rl.state)) == jax.tree.leaves(table)
     np.testing.assert_array_equal(rl.replay.last_step[ro.prompt_idx], 0)
+
+
+@pytest.mark.slow
+def test_rl_steps_compile_each_program_once_per_shape(tiny_run, caplog):
+    """Compile once per shape bucket: over six RL iterations (AGR guidance on, mu = 2) no
+    program is compiled in two steps for the same argument shapes (no jitted function is
+    rebuilt per step; score_and_guide's two static slot counts compile within one step),
+    and once every prompt bucket has been seen a step compiles nothing."""
+    rl = tiny_run
+    steps_of: dict[str, set[int]] = {}
+    per_step = []
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            for i in range(1, 7):
+                caplog.clear()
+                rl.step(i)
+                msgs = [r.getMessage() for r in caplog.records]
+                msgs = [m for m in msgs if m.startswith("Compiling ")]
+                per_step.append(len(msgs))
+                for m in msgs:
+                    steps_of.setdefault(m, set()).add(i)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    again = [m[:160] for m, steps in steps_of.items() if len(steps) > 1]
+    assert not again, again
+    assert per_step[-1] == 0 and per_step[-2] == 0, per_step
 
 
 @pytest.mark.slow
