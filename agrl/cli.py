@@ -318,7 +318,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from agrl.experiments.setup import build_plan
 
     plan = build_plan(quick=args.quick, seeds=args.seeds, out=args.out, config=args.config,
-                      overrides=args.overrides)  # fmt: skip
+                      overrides=args.overrides, workers=args.workers)  # fmt: skip
     run_reproduce(plan)
     print((plan.out / "results.md").read_text())
     return 0
@@ -338,6 +338,14 @@ def add_reproduce(sub) -> None:
     p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 (default 1)")
     p.add_argument("--out", default="runs/reproduce", help="output directory")
     p.add_argument("--config", default=None, help="TOML file layered over the defaults")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="stages run side by side, each in a process on its own share of the CPU cores "
+        "(default 0: 2 on a CPU with at least 2 cores, else 1; 1: one at a time in this "
+        "process)",
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.set_defaults(func=_reproduce)
 

@@ -10,7 +10,10 @@ example guidance.slots_per_batch=16, loss.forced_tokens=include, optim.lr=1e-4).
 DIR/ablations/seed<S>/NAME (an ordinary RL run directory: rerunning the same command resumes
 it) and appends one row to DIR/ablations/ablations.jsonl: the overrides, wall time, b_eval
 macro-F1 and accuracy, accuracy where the teacher is wrong / right, and the differences to
-GRPO and to the base method in percentage points with 95% intervals.
+GRPO and to the base method in percentage points with 95% intervals. It trains the way the
+run trained its methods (run.json's `workers`): in a worker process on its own share of the
+cores when the run used them, so that a variant without overrides reproduces the base
+method's predictions exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from agrl.config import ConfigError
 from agrl.config.io import apply_overrides, config_from_dict
 from agrl.eval.bootstrap import paired_bootstrap
+from agrl.experiments.schedule import Job, run_jobs
 from agrl.train.stages import run_rl
 
 
@@ -70,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         sys.exit(f"error: {e}")
     t = time.perf_counter()
-    run_rl(cfg, resume=out.exists())
+    workers = json.loads((Path(args.run) / "run.json").read_text()).get("workers", 1)
+    job = Job(args.name, run_rl, (cfg, out.exists()))
+    run_jobs([job], workers, on_start=lambda j: None, on_finish=lambda j, s: None)
     wall = time.perf_counter() - t
 
     ev, split = _eval(out), "teacher_split"

@@ -16,6 +16,7 @@ agrl.world.config.WorldConfig; each method is `with_method(cfg, m)` of that one 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ from agrl.experiments.report import (
     results_markdown,
     write_figures,
 )
+from agrl.experiments.schedule import Job, Progress, auto_workers, run_jobs, usable_cores
 from agrl.experiments.setup import (
     METHODS,
     ROW_NAMES,
@@ -65,52 +67,6 @@ from agrl.world.splits import write_world
 
 # ---------------------------------------------------------------------------------------
 # Progress, timing and provenance.
-
-
-# Seconds per cost unit ('SFT step') measured on the reference 2-core machine (2026-12-02:
-# one default seed, 29m51s for about 27,900 units), used until this machine has timed
-# enough work to measure its own rate.
-PRIOR_SECONDS_PER_UNIT = 0.065
-MIN_MEASURED_UNITS = 1000.0
-
-
-def eta_seconds(spent: float, done_cost: float, left_cost: float) -> tuple[float, bool]:
-    """(seconds left, measured?): this machine's rate once it has finished
-    MIN_MEASURED_UNITS of work, else the reference machine's rate."""
-    if done_cost >= MIN_MEASURED_UNITS:
-        return spent / done_cost * left_cost, True
-    return PRIOR_SECONDS_PER_UNIT * left_cost, False
-
-
-class Progress:
-    """An overall stage counter with elapsed time and an ETA from per-stage cost estimates."""
-
-    def __init__(self, costs: list[tuple[str, float]], wall: dict[str, Any]):
-        self.costs = dict(costs)
-        self.order = [name for name, _ in costs]
-        self.wall = wall
-        self.t0 = time.perf_counter()
-        self.done_cost = 0.0
-        self.spent = 0.0
-
-    def start(self, name: str) -> None:
-        i = self.order.index(name) + 1
-        elapsed = time.perf_counter() - self.t0
-        left = sum(self.costs[n] for n in self.order[i - 1 :])
-        seconds, measured = eta_seconds(self.spent, self.done_cost, left)
-        eta = f"ETA {fmt_seconds(seconds)}" + ("" if measured else " (reference machine's rate)")
-        print(
-            f"[stage {i}/{len(self.order)}] {name}  elapsed {fmt_seconds(elapsed)}, {eta}",
-            flush=True,
-        )
-
-    def finish(self, name: str, seconds: float, reused: bool) -> None:
-        if reused and name in self.wall:
-            return  # keep the wall time of the invocation that made the stage
-        self.wall[name] = {"seconds": round(seconds, 2), "reused": reused}
-        if not reused:
-            self.done_cost += self.costs[name]
-            self.spent += seconds
 
 
 def _versions() -> dict[str, str]:
@@ -159,7 +115,7 @@ def _check_same_run(plan: ReproducePlan) -> dict[str, Any]:
     return old.get("wall_seconds", {})
 
 
-def _write_run_json(plan: ReproducePlan, wall: dict[str, Any], total: float) -> None:
+def _write_run_json(plan: ReproducePlan, wall: dict[str, Any], total: float, workers: int) -> None:
 
     write_json(
         plan.out / "run.json",
@@ -169,6 +125,7 @@ def _write_run_json(plan: ReproducePlan, wall: dict[str, Any], total: float) -> 
             "seeds": list(plan.seeds),
             "versions": _versions(),
             "machine": _machine(),
+            "workers": workers,
             "wall_seconds": wall,
             "total_seconds_this_invocation": round(total, 2),
         },
@@ -198,11 +155,17 @@ def _policy(model_dir: Path, cfg: Config) -> tuple[Any, Config]:
     return params, dataclasses.replace(cfg, model=model_cfg)
 
 
-def _trained_stage(run_fn, cfg: Config, run_dir: Path, tok, world_dir: Path) -> dict:
+@functools.cache
+def _tokenizer(world_dir: Path):
+    return load_tokenizer(world_dir / "tokenizer")
+
+
+def _trained_stage(run_fn, cfg: Config, run_dir: Path, world_dir: Path) -> dict:
     """Train (or reuse / resume) one model, then evaluate it on w_eval as well.
 
     b_eval metrics are the run's own eval.json (greedy, the first train.eval_size records);
-    w_eval metrics go to eval_w.json.  Returns {b_eval, w_eval, evals?, mining?}.
+    w_eval metrics go to eval_w.json.  Returns {b_eval, w_eval, evals?, mining?}; once the
+    stage has finished, a call only reads them back.
     """
 
     summary = {} if _done(run_dir) else run_fn(cfg, resume=True)
@@ -211,7 +174,8 @@ def _trained_stage(run_fn, cfg: Config, run_dir: Path, tok, world_dir: Path) -> 
     w_path = run_dir / "eval_w.json"
     if not w_path.exists():
         params, pcfg = _policy(run_dir / "model", cfg)
-        metrics, _ = evaluate_policy(params, pcfg, tok, _eval_records(cfg, world_dir, "w_eval"))
+        records = _eval_records(cfg, world_dir, "w_eval")
+        metrics, _ = evaluate_policy(params, pcfg, _tokenizer(world_dir), records)
         write_json(w_path, metrics)
     out = {"b_eval": _load_json(run_dir / "eval.json"), "w_eval": _load_json(w_path)}
     if (run_dir / "evals.json").exists():
@@ -243,7 +207,7 @@ def _prepare_world(plan: ReproducePlan) -> Path:
     return world_dir
 
 
-def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path, tok) -> dict:
+def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path) -> dict:
 
     path = plan.out / f"seed{seed}" / "diagnostics.json"
     if path.exists():
@@ -253,7 +217,7 @@ def _diag_stage(plan: ReproducePlan, seed: int, world_dir: Path, tok) -> dict:
         pick = np.random.default_rng(seed).permutation(len(records))[: plan.diag_prompts]
         records = [records[i] for i in sorted(pick)]
     params, pcfg = _policy(plan.out / f"seed{seed}" / "dpo" / "model", plan.cfg)
-    result = pass_at_g(params, pcfg, tok, records, seed)
+    result = pass_at_g(params, pcfg, _tokenizer(world_dir), records, seed)
     write_json(path, result)
     return result
 
@@ -277,47 +241,40 @@ def _stage_costs(plan: ReproducePlan) -> list[tuple[str, float]]:
     return costs
 
 
-def _run_seed(plan: ReproducePlan, seed: int, world_dir: Path, tok, progress: Progress) -> dict:
+def _seed_jobs(plan: ReproducePlan, seed: int, world_dir: Path) -> list[Job]:
+    """The stages of one seed: SFT and oracle SFT, DPO after SFT, then the diagnostics and
+    every RL method after DPO. A finished stage (eval_w.json written) runs inline: it only
+    reads its results back."""
+    base, cfg, world = plan.out / f"seed{seed}", plan.cfg, str(world_dir)
 
-    base = plan.out / f"seed{seed}"
-    cfg, results = plan.cfg, {}
-
-    def stage(name: str, fn):
-        full = f"seed{seed}/{name}"
-        progress.start(full)
+    def job(name: str, fn, args: tuple, after: tuple[str, ...] = ()) -> Job:
         reused = (base / name / "eval_w.json").exists() or (
             name == "diagnostics" and (base / "diagnostics.json").exists()
         )
-        t = time.perf_counter()
-        value = fn()
-        progress.finish(full, time.perf_counter() - t, reused)
-        return value
+        after = tuple(f"seed{seed}/{a}" for a in after)
+        return Job(f"seed{seed}/{name}", fn, args, after, inline=reused)
 
-    world = str(world_dir)
-    sft_cfg = with_run(cfg, seed=seed, world=world, out=str(base / "sft"))
-    results["sft"] = stage(
-        "sft", lambda: _trained_stage(run_sft, sft_cfg, base / "sft", tok, world_dir)
-    )
-    gold = str(world_dir / "sft_gold.jsonl")
-    ocfg = with_run(cfg, seed=seed, world=world, train_data=gold, out=str(base / "oracle"))
-    results["oracle"] = stage(
-        "oracle", lambda: _trained_stage(run_sft, ocfg, base / "oracle", tok, world_dir)
-    )
-    sft_model = str(base / "sft" / "model")
-    dcfg = with_run(cfg, seed=seed, world=world, init=sft_model, out=str(base / "dpo"))
-    results["dpo"] = stage(
-        "dpo", lambda: _trained_stage(run_dpo, dcfg, base / "dpo", tok, world_dir)
-    )
-    diag = stage("diagnostics", lambda: _diag_stage(plan, seed, world_dir, tok))
+    def trained(name: str, run_fn, stage_cfg: Config, *after: str, **paths: str) -> Job:
+        stage_cfg = with_run(stage_cfg, seed=seed, world=world, out=str(base / name), **paths)
+        return job(name, _trained_stage, (run_fn, stage_cfg, base / name, world_dir), after)
+
+    jobs = [
+        trained("sft", run_sft, cfg),
+        trained("oracle", run_sft, cfg, train_data=str(world_dir / "sft_gold.jsonl")),
+        trained("dpo", run_dpo, cfg, "sft", init=str(base / "sft" / "model")),
+        job("diagnostics", _diag_stage, (plan, seed, world_dir), ("dpo",)),
+    ]
     dpo_model = str(base / "dpo" / "model")
     for m in METHODS:
-        rdir = base / f"rl_{m}"
-        rcfg = with_run(with_method(cfg, m), seed=seed, world=world, init=dpo_model, out=str(rdir))
-        results[m] = stage(
-            f"rl_{m}",
-            lambda rcfg=rcfg, rdir=rdir: _trained_stage(run_rl, rcfg, rdir, tok, world_dir),
-        )
-    return {"models": results, "diagnostics": diag}
+        jobs.append(trained(f"rl_{m}", run_rl, with_method(cfg, m), "dpo", init=dpo_model))
+    return jobs
+
+
+def _seed_results(jobs: list[Job]) -> dict:
+    """{models, diagnostics} of one seed's finished jobs, read back from their files."""
+    out = {j.name.split("/", 1)[1]: j.fn(*j.args) for j in jobs}
+    diag = out.pop("diagnostics")
+    return {"models": {k.removeprefix("rl_"): v for k, v in out.items()}, "diagnostics": diag}
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,18 +311,34 @@ def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
     use_compile_cache(plan.out / "jax_cache")
     wall = dict(_check_same_run(plan))
     t0 = time.perf_counter()
-    progress = Progress(_stage_costs(plan), wall)
-    _write_run_json(plan, wall, 0.0)
+    cores = len(usable_cores())
+    workers = plan.workers or auto_workers(jax.default_backend(), jax.process_count(), cores)
+    if workers > cores:
+        raise ConfigError(f"--workers={workers}: more than the {cores} CPU cores usable here")
+    progress = Progress(_stage_costs(plan), wall, workers)
+    _write_run_json(plan, wall, 0.0, workers)
     progress.start("world")
     t = time.perf_counter()
     reused = (plan.out / "world" / "sft_gold.jsonl").exists()
     world_dir = _prepare_world(plan)
     progress.finish("world", time.perf_counter() - t, reused)
-    tok = load_tokenizer(world_dir / "tokenizer")
-    per_seed: dict[int, dict] = {}
-    for seed in plan.seeds:
-        per_seed[seed] = _run_seed(plan, seed, world_dir, tok, progress)
-        _write_run_json(plan, wall, time.perf_counter() - t0)
+    jobs = {seed: _seed_jobs(plan, seed, world_dir) for seed in plan.seeds}
+    if workers > 1:
+        print(f"running up to {workers} stages side by side, each on its own CPU cores "
+              "(--workers 1: one at a time)", flush=True)  # fmt: skip
+
+    def finished(job: Job, seconds: float) -> None:
+        progress.finish(job.name, seconds, job.inline)
+        _write_run_json(plan, wall, time.perf_counter() - t0, workers)
+
+    run_jobs(
+        [j for seed in plan.seeds for j in jobs[seed]],
+        workers,
+        on_start=lambda job: progress.start(job.name, job.inline),
+        on_finish=finished,
+        init=functools.partial(use_compile_cache, plan.out / "jax_cache"),
+    )
+    per_seed = {seed: _seed_results(jobs[seed]) for seed in plan.seeds}
     agg = aggregate(per_seed)
     results = {
         "seeds": list(plan.seeds),
@@ -381,7 +354,7 @@ def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
     md.write_text(results_markdown(plan, agg, per_seed, wall))
     agr_methods = [m for m in METHODS if with_method(plan.cfg, m).guidance.enabled]
     paths += [md, *write_figures(plan, per_seed, agg, agr_methods)]
-    _write_run_json(plan, wall, time.perf_counter() - t0)
+    _write_run_json(plan, wall, time.perf_counter() - t0, workers)
     paths.append(plan.out / "run.json")
     print(
         f"done in {fmt_seconds(time.perf_counter() - t0)}; wrote "

@@ -171,10 +171,20 @@ def load_reference(cfg: Config, params) -> Any:
     return load_pretrained(cfg.paths.ref, param_dtype=cfg.model.param_dtype)[0]
 
 
+# The stage a worker process of `agrl reproduce` runs (agrl.experiments.schedule): it
+# names the progress bar and prefixes the start-up lines, and its slot gives the bar its
+# own terminal line, so that stages running side by side stay readable.
+_STAGE: dict[str, Any] = {"label": "", "slot": None}
+
+
+def set_stage_label(label: str, slot: int | None) -> None:
+    _STAGE.update(label=label, slot=slot)
+
+
 def say(line: str) -> None:
     """A start-up line (process 0 only), above any progress bar."""
     if is_main_process():
-        tqdm.write(line)
+        tqdm.write(f"[{_STAGE['label']}] {line}" if _STAGE["label"] else line)
 
 
 def resolve_task(cfg: Config, records: list[dict]) -> tuple[Config, RuleBook]:
@@ -272,7 +282,8 @@ class Run:
         bar = tqdm(
             total=self.total_steps,
             initial=step0,
-            desc=self.desc,
+            desc=_STAGE["label"] or self.desc,
+            position=_STAGE["slot"] if sys.stderr.isatty() else None,
             dynamic_ncols=True,
             disable=not is_main_process(),
         )

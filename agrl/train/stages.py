@@ -204,6 +204,7 @@ def run_sft(cfg: Config, resume: bool = False, stop_after: int | None = None) ->
     return _run_supervised(
         cfg, tok, "sft", cfg.sft.steps, params, optimizer, mesh, len(records), bs, step,
         resume, stop_after, post, eval_every=cfg.sft.eval_every,
+        ckpt_every=cfg.sft.ckpt_every,
     )  # fmt: skip
 
 
@@ -251,14 +252,15 @@ def _say_rows(desc: str, rows: int, mesh: Mesh) -> None:
 def _run_supervised(
     cfg: Config, tok, desc: str, total_steps: int, params, optimizer, mesh: Mesh,
     n_examples: int, batch_size: int, step, resume: bool, stop_after: int | None, post=None,
-    eval_every: int = 0,
+    eval_every: int = 0, ckpt_every: int = 0,
 ) -> dict:  # fmt: skip
     """The SFT / DPO loop: shuffled batches of example indices fed to step(state, idx),
-    with checkpoints, resume, metrics, a learning curve every `eval_every` steps and the
-    final export + evaluation.  params: placed on `mesh` (donated with the train state,
-    whose optimizer moments are created on their shards); every process draws the same
-    indices and puts only its own rows."""
-    run = Run(cfg, Path(cfg.paths.out), total_steps, max(1, cfg.train.ckpt_every), desc)
+    with a checkpoint every `ckpt_every` steps (0: train.ckpt_every), resume, metrics, a
+    learning curve every `eval_every` steps and the final export + evaluation.  params:
+    placed on `mesh` (donated with the train state, whose optimizer moments are created on
+    their shards); every process draws the same indices and puts only its own rows."""
+    every = ckpt_every or cfg.train.ckpt_every
+    run = Run(cfg, Path(cfg.paths.out), total_steps, max(1, every), desc)
     batches = BatchSampler(n_examples, cfg.train.seed)
     kd = key_data(jax.random.key(cfg.train.seed))
     arrays = {"train": init_sharded_train_state(params, cfg.model, optimizer, mesh), "key": kd}

@@ -8,13 +8,8 @@ import math
 import pytest
 
 from agrl.config import ConfigError, with_method
-from agrl.experiments.reproduce import (
-    MIN_MEASURED_UNITS,
-    PRIOR_SECONDS_PER_UNIT,
-    _stage_costs,
-    eta_seconds,
-    run_reproduce,
-)
+from agrl.experiments.reproduce import _stage_costs, run_reproduce
+from agrl.experiments.schedule import MIN_MEASURED_UNITS, PRIOR_SECONDS_PER_UNIT, eta_seconds
 from agrl.experiments.setup import METHODS, ROWS, build_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
