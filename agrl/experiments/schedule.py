@@ -4,8 +4,8 @@
 Why: the models of the reproduction are small (hidden 128), so one process keeps two CPU
 cores only about 75% busy (an SFT step takes 67 ms on two cores, 101 ms on one), and the
 teacher SFT and the oracle SFT, or two RL methods, are independent. Two single-core
-processes side by side do 1.25x (SFT) to 1.3x (RL) the work of one two-core process on
-the reference machine (docs/benchmarks.md).
+processes side by side run one default seed of `agrl reproduce` in 38 min against 42-46
+one stage at a time on the reference machine (docs/benchmarks.md).
 
 A job's function must be importable by name (a module-level function) and idempotent: it
 writes its results to disk, and calling it again once it has finished only reads them
@@ -69,10 +69,24 @@ def auto_workers(backend: str, process_count: int, cores: int) -> int:
     return 2 if backend == "cpu" and process_count == 1 and cores >= 2 else 1
 
 
+def _exit_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGTERM when its parent dies (a killed
+    `agrl reproduce` must not leave its stages training on)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def _child(conn, cores: tuple[int, ...], slot: int, label: str, payload: bytes) -> None:
     """A worker process: pin to `cores`, set XLA's thread flags before jax starts its
     backend, run the job, and send None (success) or an error message back."""
     try:
+        _exit_with_parent()
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cores)
         if len(cores) == 1:
@@ -179,14 +193,14 @@ def run_jobs(
 # ---------------------------------------------------------------------------------------
 # Progress: the overall stage counter and ETA.
 
-# Seconds per cost unit ('SFT step') measured on the reference 2-core machine (2026-12-02:
-# one default seed, 29m51s for about 27,900 units), used until this machine has timed
-# enough work to measure its own rate.
-PRIOR_SECONDS_PER_UNIT = 0.065
+# Seconds per cost unit ('SFT step') of one stage at a time on the reference 2-core machine
+# (2026-12-03: the 3-seed run at the defaults, 0.070-0.077 per seed of about 35,860 units),
+# used until this machine has timed enough work to measure its own rate.
+PRIOR_SECONDS_PER_UNIT = 0.072
 MIN_MEASURED_UNITS = 1000.0
-# Work done by two single-core worker processes against one two-core process, measured on
-# the reference machine (SFT 1.25x, RL 1.3x; agrl.experiments.schedule)
-PARALLEL_SPEEDUP = 1.25
+# The rate of two single-core worker processes against one two-core process on the same
+# machine kind (2026-12-03: one default seed in 38m01s, 0.0635 s per unit)
+PARALLEL_SPEEDUP = 1.13
 
 
 def eta_seconds(

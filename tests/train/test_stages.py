@@ -40,7 +40,7 @@ def world(tmp_path_factory):
 def sft_model(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     run = [f"paths.world={world}", f"paths.out={out}", "sft.steps=4", "sft.lr=1e-2"]
-    curve = ["sft.eval_every=2", "train.eval_curve_size=4"]
+    curve = ["sft.eval_every=2", "train.eval_curve_size=4", "sft.ckpt_every=3"]
     cfg = load_config(None, TINY + run + curve)
     summary = run_sft(cfg)
     return summary
@@ -58,6 +58,8 @@ def test_sft_learning_curve(sft_model):
     assert "eval/macro_f1" in logged[0] and "eval/macro_f1" in logged[2]
     assert "eval/macro_f1" not in logged[1]
     assert all(0 <= r["macro_f1"] <= 1 for r in rows)
+    # sft.ckpt_every=3 overrides train.ckpt_every=2: checkpoints at step 3 and the end
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == [3, 4]
 
 
 def _rl_cfg(world, init, out, method="agrl", extra=()):
