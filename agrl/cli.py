@@ -343,8 +343,8 @@ def add_reproduce(sub) -> None:
         type=int,
         default=0,
         help="stages run side by side, each in a process on its own share of the CPU cores "
-        "(default 0: 2 on a CPU with at least 2 cores, else 1; 1: one at a time in this "
-        "process)",
+        "(default 0: 2 on a CPU with at least 2 cores, else 1, and 1 with --quick; 1: one at "
+        "a time in this process)",
     )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.set_defaults(func=_reproduce)

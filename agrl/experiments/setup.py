@@ -160,7 +160,7 @@ class ReproducePlan:
     out: Path
     quick: bool
     # stages run side by side in pinned worker processes (agrl.experiments.schedule);
-    # 0: 2 on a CPU with at least 2 cores, else 1
+    # 0: 2 on a CPU with at least 2 cores (1 with --quick), else 1
     workers: int = 0
 
 

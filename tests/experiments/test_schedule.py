@@ -34,6 +34,7 @@ def test_auto_workers_is_two_only_on_a_multicore_cpu_in_one_process():
     assert auto_workers("cpu", 1, 2) == 2 and auto_workers("cpu", 1, 16) == 2
     assert auto_workers("cpu", 1, 1) == 1
     assert auto_workers("gpu", 1, 16) == 1 and auto_workers("cpu", 2, 16) == 1
+    assert auto_workers("cpu", 1, 16, quick=True) == 1
 
 
 # Module-level job functions: the spawned children import them by name.
@@ -76,6 +77,30 @@ def test_one_worker_runs_the_jobs_in_order_in_this_process(tmp_path):
              lambda j, s: events.append(("end", j.name)))  # fmt: skip
     assert events == [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b")]
     assert _read(tmp_path, "a")["pid"] == os.getpid() == _read(tmp_path, "b")["pid"]
+
+
+@two_cores
+@pytest.mark.slow
+def test_reproduce_stages_run_in_workers_and_read_back_here(tmp_path):
+    """The teacher SFT and the oracle SFT of a --quick plan in two workers: the configs and
+    the plan cross into the spawned processes (with reproduce's compilation-cache init), and
+    the parent reads each finished stage back without training it again."""
+    import functools
+
+    from agrl.experiments.reproduce import _prepare_world, _seed_jobs, use_compile_cache
+    from agrl.experiments.setup import build_plan
+
+    plan = build_plan(quick=True, out=tmp_path, workers=2)
+    jobs = _seed_jobs(plan, 0, _prepare_world(plan))[:2]
+    assert [j.name for j in jobs] == ["seed0/sft", "seed0/oracle"]
+    cache = functools.partial(use_compile_cache, tmp_path / "jax_cache")
+    run_jobs(jobs, 2, lambda j: None, lambda j, s: None, init=cache)
+    for job in jobs:
+        model = tmp_path / job.name / "model" / "config.json"
+        stamp = model.stat().st_mtime_ns
+        out = job.fn(*job.args)
+        assert out["b_eval"]["n"] == out["w_eval"]["n"] == plan.cfg.train.eval_size
+        assert model.stat().st_mtime_ns == stamp
 
 
 def test_a_job_listed_before_its_dependency_is_refused(tmp_path):
