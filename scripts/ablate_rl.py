@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from compare_runs import paired_points
 
 from agrl.config import ConfigError
 from agrl.config.io import apply_overrides, config_from_dict
-from agrl.eval.bootstrap import paired_bootstrap
 from agrl.experiments.schedule import Job, run_jobs
 from agrl.train.stages import run_rl
 
@@ -46,11 +46,7 @@ def difference(a: dict, b: dict, seed: int) -> dict:
     if pa["gold_label"] != pb["gold_label"]:
         raise ValueError("the two evaluations cover different records")
     run = (np.asarray(pa["gold_label"]), np.asarray(pa["pred_label"]), np.asarray(pb["pred_label"]))
-    out = {}
-    for metric, r in paired_bootstrap([run], seed=seed).items():
-        out[metric] = {k: round(100 * r[k], 2) for k in ("delta", "lo", "hi")}
-        out[metric]["resolved"] = r["resolved"]
-    return out
+    return paired_points([run], seed)
 
 
 def main(argv: list[str] | None = None) -> None:

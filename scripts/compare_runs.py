@@ -30,6 +30,16 @@ def _labels(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pred["gold_label"]), np.asarray(pred["pred_label"])
 
 
+def paired_points(runs: list[tuple], seed: int = 0) -> dict:
+    """{metric: {delta, lo, hi, resolved}} of A - B in points, pooled over `runs`, each
+    (gold [N], pred_a [N], pred_b [N]) on the same records (agrl.eval.bootstrap)."""
+    return {
+        metric: {**{k: round(100 * r[k], 2) for k in ("delta", "lo", "hi")},
+                 "resolved": bool(r["resolved"])}
+        for metric, r in paired_bootstrap(runs, seed=seed).items()
+    }  # fmt: skip
+
+
 def compare(a: list[Path], b: list[Path], seed: int = 0) -> dict:
     """{'pairs': [per pair], 'pooled': ...}: each {metric: {delta, lo, hi, resolved}} in
     points for A - B."""
@@ -42,15 +52,8 @@ def compare(a: list[Path], b: list[Path], seed: int = 0) -> dict:
             sys.exit(f"{ra} and {rb}: evaluated on different records")
         runs.append((gold_a, pred_a, pred_b))
 
-    def points(result: dict) -> dict:
-        return {
-            metric: {**{k: round(100 * r[k], 2) for k in ("delta", "lo", "hi")},
-                     "resolved": bool(r["resolved"])}
-            for metric, r in result.items()
-        }  # fmt: skip
-
-    pairs = [points(paired_bootstrap([r], seed=seed)) for r in runs]
-    return {"pairs": pairs, "pooled": points(paired_bootstrap(runs, seed=seed))}
+    pairs = [paired_points([r], seed) for r in runs]
+    return {"pairs": pairs, "pooled": paired_points(runs, seed)}
 
 
 def main(argv: list[str] | None = None) -> None:
