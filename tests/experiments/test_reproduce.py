@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -87,8 +88,9 @@ def _finite(x) -> bool:
 
 
 @pytest.mark.slow
-def test_quick_reproduce_end_to_end(quick_run):
+def test_quick_reproduce_end_to_end(quick_run, tmp_path_factory):
     tmp_path = quick_run  # `agrl reproduce --quick --out DIR`, run once per session (conftest)
+    copy_dir = tmp_path_factory.mktemp("reproduce_rerun")
     for name in ("results.json", "results.md", "run.json"):
         assert (tmp_path / name).stat().st_size > 0
     for name in (
@@ -120,11 +122,14 @@ def test_quick_reproduce_end_to_end(quick_run):
     assert "where the teacher is wrong" in md and "AGRL vs GRPO on b_eval, per seed" in md
     assert len(results["agrl_vs_grpo"]["macro_f1"]["delta"]) == 1
     # a rerun on the same directory reuses every stage and keeps the first run's wall times
-    models = sorted(tmp_path.glob("seed0/*/model/config.json"))
+    # (on a copy: the notebook tests may read the shared run meanwhile)
+    again = copy_dir / "run"
+    shutil.copytree(tmp_path, again, ignore=shutil.ignore_patterns("jax_cache"))
+    models = sorted(again.glob("seed0/*/model/config.json"))
     stamps = [p.stat().st_mtime_ns for p in models]
-    run_reproduce(build_plan(quick=True, out=tmp_path))
+    run_reproduce(build_plan(quick=True, out=again))
     assert len(models) == len(ROWS) and [p.stat().st_mtime_ns for p in models] == stamps
-    rerun = json.loads((tmp_path / "run.json").read_text())
+    rerun = json.loads((again / "run.json").read_text())
     assert rerun["wall_seconds"] == run["wall_seconds"]
 
 
