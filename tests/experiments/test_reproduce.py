@@ -183,3 +183,33 @@ def test_class1_errors_script_on_a_reproduce_run(quick_run):
     )
     counted = [int(m) for m in re.findall(r"label 1, \w+ department: (\d+) records", proc.stdout)]
     assert sum(counted) == n_label1 > 0 and "predicted 1 where the gold label is" in proc.stdout
+
+
+@pytest.mark.slow
+def test_type_errors_script_on_a_reproduce_run(quick_run):
+    """scripts/type_errors.py: one gold x predicted table per query type, whose rows count
+    every b_eval record once, and the wrong answers it is asked to show."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, user_env
+
+    cmd = [sys.executable, str(ROOT / "scripts" / "type_errors.py"),
+           str(quick_run / "seed0" / "oracle"), str(quick_run / "world")]  # fmt: skip
+    proc = subprocess.run(cmd + ["--show", "2"], cwd=ROOT, env=user_env(), capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = (quick_run / "world" / "b_eval.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines if x.strip()]
+    rows = re.findall(r"^\| [1-4] \|(?: \d+ \|){5} (\d+)/(\d+) \|$", proc.stdout, re.M)
+    assert sum(int(n) for _, n in rows) == len(records)
+    right = sum(int(k) for k, _ in rows)
+    said = re.search(r"accuracy ([\d.]+) on (\d+) b_eval records", proc.stdout)
+    assert int(said.group(2)) == len(records)
+    assert abs(float(said.group(1)) - 100 * right / len(records)) < 0.051  # printed to 0.1
+    n_wrong = len(records) - right
+    assert proc.stdout.count("\n  model: ") == min(2, n_wrong)
+    bad = subprocess.run(cmd + ["--type", "nope"], cwd=ROOT, env=user_env(), capture_output=True,
+                         text=True)  # fmt: skip
+    assert bad.returncode != 0 and "--type nope: no such query type" in bad.stderr
