@@ -11,16 +11,11 @@ evaluated on (b_eval.jsonl + tokenizer/). Greedy decoding, as `agrl eval`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from collections import Counter
 from pathlib import Path
 
-from agrl.config.io import config_from_dict
-from agrl.eval.policy_eval import evaluate_policy
-from agrl.model.hf import load_pretrained
-from agrl.task.data import load_records
-from agrl.task.tokenizer import load_tokenizer
+from type_errors import b_eval_predictions
+
 from agrl.world.catalog import CATEGORY
 
 
@@ -35,12 +30,7 @@ def main() -> None:
     ap.add_argument("world")
     ap.add_argument("--n", type=int, default=1000)
     args = ap.parse_args()
-    run, world = Path(args.run), Path(args.world)
-    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
-    params, model_cfg = load_pretrained(run / "model")
-    cfg = dataclasses.replace(cfg, model=model_cfg)
-    records = load_records(world / "b_eval.jsonl")[: args.n]
-    metrics, pred = evaluate_policy(params, cfg, load_tokenizer(world / "tokenizer"), records)
+    records, metrics, pred = b_eval_predictions(Path(args.run), Path(args.world), args.n)
     print(f"macro-F1 {100 * metrics['macro_f1']:.1f} on {len(records)} b_eval records")
     total, predicted = Counter(), Counter()
     for r, p in zip(records, pred["pred_label"], strict=True):

@@ -44,6 +44,27 @@ def table(name: str, counts: dict[tuple[int, int], int]) -> str:
     return "\n".join(lines)
 
 
+def b_eval_predictions(
+    run: Path, world: Path, n: int, query_type: str = ""
+) -> tuple[list[dict], dict, dict]:
+    """(records, metrics, predictions) of the finished run's model, greedy, on the first n
+    b_eval records of the world (only those of `query_type` when given); a record without a
+    query type (a user's own data) gets "(no type)"."""
+    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+    params, model_cfg = load_pretrained(run / "model")
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    records = load_records(world / "b_eval.jsonl")[:n]
+    for r in records:
+        r.setdefault("query_type", "(no type)")
+    types = sorted({r["query_type"] for r in records})
+    if query_type and query_type not in types:
+        raise SystemExit(f"--type {query_type}: no such query type in b_eval (have {types})")
+    if query_type:
+        records = [r for r in records if r["query_type"] == query_type]
+    metrics, pred = evaluate_policy(params, cfg, load_tokenizer(world / "tokenizer"), records)
+    return records, metrics, pred
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
@@ -52,19 +73,8 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=0, help="wrong answers to print (with --type)")
     ap.add_argument("--n", type=int, default=1000, help="first N b_eval records")
     args = ap.parse_args()
-    run, world = Path(args.run), Path(args.world)
-    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
-    params, model_cfg = load_pretrained(run / "model")
-    cfg = dataclasses.replace(cfg, model=model_cfg)
-    records = load_records(world / "b_eval.jsonl")[: args.n]
-    for r in records:  # a user's own records may carry no query type
-        r.setdefault("query_type", "(no type)")
+    records, metrics, pred = b_eval_predictions(Path(args.run), Path(args.world), args.n, args.type)
     types = sorted({r["query_type"] for r in records})
-    if args.type and args.type not in types:
-        raise SystemExit(f"--type {args.type}: no such query type in b_eval (have {types})")
-    if args.type:
-        records, types = [r for r in records if r["query_type"] == args.type], [args.type]
-    metrics, pred = evaluate_policy(params, cfg, load_tokenizer(world / "tokenizer"), records)
     print(f"accuracy {100 * metrics['accuracy']:.1f} on {len(records)} b_eval records")
     preds = [int(p) for p in pred["pred_label"]]
     for t in types:
