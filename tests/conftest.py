@@ -1,8 +1,8 @@
 """Test set-up: eight fake CPU devices, set before jax is imported anywhere.
 
-A persistent compilation cache in a per-session temporary directory lets the many short
-training runs of the suite (each builds fresh jitted closures of the same programs) reuse
-compiled executables instead of recompiling them.
+A persistent compilation cache in a per-run temporary directory (shared by the pytest-xdist
+workers of `make test`) lets the many short training runs of the suite (each builds fresh
+jitted closures of the same programs) reuse compiled executables instead of recompiling them.
 """
 
 import os
