@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("world")
     ap.add_argument("--type", default="", help="one query type (default: every type)")
-    ap.add_argument("--show", type=int, default=0, help="wrong answers to print (with --type)")
+    ap.add_argument("--show", type=int, default=0, help="wrong answers to print")
     ap.add_argument("--n", type=int, default=1000, help="first N b_eval records")
     args = ap.parse_args()
     records, metrics, pred = b_eval_predictions(Path(args.run), Path(args.world), args.n, args.type)
@@ -85,7 +85,7 @@ def main() -> None:
     for i in wrong:
         r = records[i]
         print(f"\nquery: {r['query']} | title: {r['item']} | gold {r['label']}, said {preds[i]}")
-        print(f"  gold : {r['rationale']}")
+        print(f"  gold : {r.get('rationale', '(no rationale)')}")
         print(f"  model: {pred['texts'][i]}")
 
 

@@ -312,8 +312,9 @@ def run_reproduce(plan: ReproducePlan) -> dict[str, Any]:
     wall = dict(_check_same_run(plan))
     t0 = time.perf_counter()
     cores = len(usable_cores())
-    auto = auto_workers(jax.default_backend(), jax.process_count(), cores, plan.quick)
-    workers = plan.workers or auto
+    workers = plan.workers or auto_workers(
+        jax.default_backend(), jax.process_count(), cores, plan.quick
+    )
     if workers > cores:
         raise ConfigError(f"--workers={workers}: more than the {cores} CPU cores usable here")
     progress = Progress(_stage_costs(plan), wall, workers)
