@@ -4,8 +4,8 @@
 Why: the models of the reproduction are small (hidden 128), so one process keeps two CPU
 cores only about 75% busy (an SFT step takes 67 ms on two cores, 101 ms on one), and the
 teacher SFT and the oracle SFT, or two RL methods, are independent. Two single-core
-processes side by side run one default seed of `agrl reproduce` in 38 min against 42-46
-one stage at a time on the reference machine (docs/benchmarks.md).
+processes side by side ran one default seed of `agrl reproduce` (then 2 layers) in 38 min
+against 42-46 one stage at a time on the reference machine (docs/benchmarks.md).
 
 A job's function must be importable by name (a module-level function) and idempotent: it
 writes its results to disk, and calling it again once it has finished only reads them
@@ -195,10 +195,11 @@ def run_jobs(
 # ---------------------------------------------------------------------------------------
 # Progress: the overall stage counter and ETA.
 
-# Seconds per cost unit ('SFT step') of one stage at a time on the reference 2-core machine
-# (2026-12-03: the 3-seed run at the defaults, 0.070-0.077 per seed of about 35,860 units),
-# used until this machine has timed enough work to measure its own rate.
-PRIOR_SECONDS_PER_UNIT = 0.072
+# Seconds per cost unit ('SFT step') of one stage at a time on the reference 2-core machine,
+# used until this machine has timed enough work to measure its own rate. 2026-12-03, the
+# 3-layer defaults: seed 0 of the 3-seed run in two single-core workers took about 3210 s
+# for 35,870 units (0.090 s per unit, times PARALLEL_SPEEDUP); 0.072 with 2 layers.
+PRIOR_SECONDS_PER_UNIT = 0.10
 MIN_MEASURED_UNITS = 1000.0
 # The rate of two single-core worker processes against one two-core process on the same
 # machine kind (2026-12-03: one default seed in 38m01s, 0.0635 s per unit)

@@ -38,12 +38,12 @@ def test_eta_uses_the_reference_rate_until_enough_work_is_timed():
 
 
 def test_default_plan_fits_the_demo_budget_at_the_reference_rate(tmp_path):
-    # the README's promise: one default seed within about 40 minutes on the reference machine
-    # with two stages side by side, 45 one at a time (35 until the 12000-step SFT recipe of
-    # 2026-12-03, docs/results.md; the testbed needs it)
+    # the README's promise: one default seed within about 55 minutes on the reference machine
+    # with two stages side by side, 62 one at a time (35 until the 12000-step SFT recipe of
+    # 2026-12-03, 40 until its third layer, docs/results.md; the testbed's oracle needs both)
     costs = dict(_stage_costs(build_plan(out=tmp_path)))
-    assert PRIOR_SECONDS_PER_UNIT * sum(costs.values()) < 45 * 60
-    assert PRIOR_SECONDS_PER_UNIT / PARALLEL_SPEEDUP * sum(costs.values()) < 40 * 60
+    assert PRIOR_SECONDS_PER_UNIT * sum(costs.values()) < 62 * 60
+    assert PRIOR_SECONDS_PER_UNIT / PARALLEL_SPEEDUP * sum(costs.values()) < 55 * 60
     three = dict(_stage_costs(build_plan(out=tmp_path, seeds=3)))
     assert sum(three.values()) > 2.9 * sum(costs.values())
 
